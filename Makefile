@@ -1,0 +1,38 @@
+# Every target creates or reuses the project virtualenv, so each works on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.finc-installed
+
+.PHONY: install test demo bench kernels gpu-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The main job on the embedded default: train on digits, sample a grid, report test bits/dim.
+demo: $(STAMP)
+	$(BIN)/finc train --preset digits --out runs/digits --force
+	$(BIN)/finc sample runs/digits/best.pt -n 64 --out runs/digits/samples.png --seed 0
+	$(BIN)/finc bpd runs/digits/best.pt --split test
+
+# CPU benchmarks; regenerates the tables in BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/python -m finc_cli.bench_report --update BENCHMARKS.md
+
+# Compile every CUDA kernel with NVRTC (no GPU needed) and print registers and spills.
+kernels: $(STAMP)
+	$(BIN)/python -m finc_cli.inverse.kernel_report
+
+# On a GPU machine, from the source tree, with its own preinstalled torch and cupy: no install.
+gpu-check:
+	PYTHONPATH=. $(PY) -m finc_cli.gpu_check --out gpu_check.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

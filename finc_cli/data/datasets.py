@@ -1,0 +1,465 @@
+"""Dataset loaders: standard on-disk image formats read into uint8 (C, H, W) tensors, no labels."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class DatasetError(ValueError):
+    """A dataset is unknown, missing or malformed; the message is one line meant for users."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    height: int
+    width: int
+    bins: int  # number of intensity levels: 256 for 8-bit images, 17 for sklearn digits
+
+
+_INFO = {
+    "digits": DatasetInfo("digits", 1, 8, 8, 17),
+    "mnist": DatasetInfo("mnist", 1, 28, 28, 256),
+    "cifar10": DatasetInfo("cifar10", 3, 32, 32, 256),
+    "imagenet32": DatasetInfo("imagenet32", 3, 32, 32, 256),
+    "imagenet64": DatasetInfo("imagenet64", 3, 64, 64, 256),
+    "celeba64": DatasetInfo("celeba64", 3, 64, 64, 256),
+}
+DATASETS: tuple[str, ...] = tuple(_INFO)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+ENV_VAR = "FINC_DATA_DIR"
+_FIX = f"pass --data-dir DIR or set {ENV_VAR}"
+# Validation images held out of the official training set (the usual sizes in the flow literature).
+_VAL_SIZE = {"mnist": 5000, "cifar10": 5000, "imagenet32": 10000, "imagenet64": 10000}
+_SPLIT_SEED = 0
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape and number of intensity levels of a named dataset."""
+    if name not in _INFO:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return _INFO[name]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """Explicit argument > $FINC_DATA_DIR > None."""
+    chosen = data_dir if data_dir else os.environ.get(ENV_VAR) or None
+    return Path(chosen).expanduser() if chosen else None
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+
+class ImageTensorDataset(Dataset):
+    """All images in memory as one uint8 tensor `images` (N, C, H, W); `ds[i]` is (C, H, W).
+
+    When `transform` is set (training augmentation), it also accepts a batch (B, C, H, W), so
+    training code may index `ds.images` directly and call `ds.transform` on the batch.
+    """
+
+    def __init__(self, images: torch.Tensor, transform: Callable | None = None):
+        assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]  # (C, H, W)
+        return self.transform(x) if self.transform is not None else x
+
+
+class CelebAImages(Dataset):
+    """CelebA read lazily: centre crop 148×148, bilinear antialiased resize to 64×64 (as torchvision)."""
+
+    crop, size = 148, 64
+
+    def __init__(self, files: list[Path], transform: Callable | None = None):
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"celeba64: image listed in list_eval_partition.txt is missing: {path}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise DatasetError(f"celeba64: cannot decode image {path}: {e}") from None
+        w, h = img.size
+        # Same rounding as torchvision.transforms.CenterCrop; PIL's bilinear resize antialiases.
+        top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        img = img.resize((self.size, self.size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()  # (H,W,C)->(C,H,W)
+        return self.transform(x) if self.transform is not None else x
+
+
+class Augment:
+    """Random horizontal flip and random translation by up to `translate` pixels, per image.
+
+    Translation pads by reflection and crops (an exact integer shift): reflection rather than zeros
+    so the model is never taught black borders that test images do not have. Works on (C, H, W) or
+    a batch (B, C, H, W) of uint8 with torch's global RNG.
+    """
+
+    def __init__(self, hflip: bool = False, translate: int = 0):
+        if translate < 0:
+            raise DatasetError(f"translate must be >= 0, got {translate}")
+        self.hflip, self.translate = hflip, int(translate)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            return self(x.unsqueeze(0)).squeeze(0)
+        b, c, h, w = x.shape
+        t = self.translate
+        if t >= min(h, w):
+            raise DatasetError(f"translate={t} must be smaller than the image size {h}x{w}")
+        rows = self._indices(b, h, t, flip=False)  # (B, H)
+        cols = self._indices(b, w, t, flip=self.hflip)  # (B, W)
+        x = x.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # pick columns: (B, C, H, W)
+        return x.gather(2, rows[:, None, :, None].expand(b, c, h, w))  # pick rows: (B, C, H, W)
+
+    @staticmethod
+    def _indices(b: int, n: int, t: int, flip: bool) -> torch.Tensor:
+        """Source index per output position (B, n): a shift by U{-t..t} with reflection, maybe flipped."""
+        idx = torch.arange(n).expand(b, n)
+        if t > 0:
+            shift = torch.randint(-t, t + 1, (b, 1))
+            idx = (idx - shift).abs()  # reflect at 0 ...
+            idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)  # ... and at n - 1
+        if flip:
+            flipped = torch.rand(b, 1) < 0.5
+            idx = torch.where(flipped, idx.flip(1), idx)
+        return idx
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def get_dataset(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    train_transform: bool = False,
+    hflip: bool = False,
+    translate: int = 0,
+) -> Dataset:
+    """The `split` ("train", "val" or "test") of dataset `name`; items are uint8 (C, H, W) tensors.
+
+    Validation is held out of the official training set with a fixed seed; "test" is the official
+    test split (for ImageNet the official validation set, `val_data`). Augmentation applies only
+    to the training split and only when `train_transform` is set.
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    transform = Augment(hflip, translate) if train_transform and split == "train" else None
+    if name == "digits":
+        return ImageTensorDataset(torch.from_numpy(_digits(split)), transform)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise DatasetError(f"{name} needs a data directory holding {_LAYOUT[name]('DIR')}; {_FIX}")
+    if name == "celeba64":
+        return CelebAImages(_celeba_files(root, split), transform)
+    parts = _LOADERS[name](root, "test" if split == "test" else "train")
+    n = sum(len(p) for p in parts)
+    idx = np.arange(n) if split == "test" else _holdout(n, _VAL_SIZE[name], name)[split]
+    return ImageTensorDataset(torch.from_numpy(_take(parts, idx)), transform)
+
+
+def _holdout(n: int, val_size: int, name: str) -> dict[str, np.ndarray]:
+    """Fixed-seed split of n training images into sorted train / val indices."""
+    if n < 2:
+        raise DatasetError(f"{name}: need at least 2 training images to hold out validation, found {n}")
+    n_val = min(val_size, max(1, n // 10))  # small copies (tests, subsets) keep 90% for training
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED)).numpy()
+    return {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
+
+
+def _take(parts: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Rows `idx` (sorted) of the concatenated `parts`, dropping each part once copied.
+
+    ImageNet64 is ~16 GB: copying part by part into one lazily committed array keeps the peak
+    near one copy of the data instead of two.
+    """
+    out = np.empty((len(idx), *parts[0].shape[1:]), dtype=np.uint8)
+    start = filled = 0
+    for k in range(len(parts)):
+        part, parts[k] = parts[k], None
+        lo, hi = np.searchsorted(idx, [start, start + len(part)])
+        out[filled : filled + hi - lo] = part[idx[lo:hi] - start]
+        start, filled = start + len(part), filled + hi - lo
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# digits (scikit-learn, offline)
+
+
+def _digits(split: str) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.uint8)[:, None]  # (1797, 8, 8) -> (1797, 1, 8, 8)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(_SPLIT_SEED)).numpy()
+    parts = {"test": perm[:360], "val": perm[360:540], "train": perm[540:]}
+    return images[np.sort(parts[split])]
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST idx files
+
+
+_MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+
+
+def _find_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _mnist(root: Path, split: str) -> list[np.ndarray]:
+    name = _MNIST_FILES[split]
+    for folder in (root / "MNIST" / "raw", root / "raw", root):
+        path = _find_file(folder, name)
+        if path is not None:
+            return [_read_idx_images(path, 28, 28)]
+    raise DatasetError(f"mnist not found: expected {_LAYOUT['mnist'](root)}; {_FIX}")
+
+
+def _read_idx_images(path: Path, height: int, width: int) -> np.ndarray:
+    """An idx3 uint8 image file (magic 2051, big-endian dims), gzipped or not, as (N, 1, H, W)."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"cannot read idx file {path}: {e}") from None
+    if len(raw) < 16:
+        raise DatasetError(f"idx file {path} is truncated: {len(raw)} bytes, header needs 16")
+    magic, n, h, w = np.frombuffer(raw[:16], dtype=">i4")
+    if magic != 2051:
+        raise DatasetError(f"idx file {path} has magic number {magic}, expected 2051 (uint8 images)")
+    if (h, w) != (height, width):
+        raise DatasetError(f"idx file {path} holds {h}x{w} images, expected {height}x{width}")
+    if len(raw) != 16 + n * h * w:
+        raise DatasetError(f"idx file {path} is truncated or padded: {len(raw)} bytes, expected {16 + n * h * w}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 1, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# pickled batches (CIFAR-10, downsampled ImageNet): foreign files, so unpickle only numpy arrays
+
+
+def _frombuffer(buf: object, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
+    """numpy's own protocol-5 array rebuild, restated so that nothing else from its module is reachable."""
+    if np.dtype(dtype).hasobject:
+        raise pickle.UnpicklingError("refusing an object array")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):  # pickles name the numpy 1 or numpy 2 module path
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # pickle protocol 5
+    allowed[("_codecs", "encode")] = codecs.encode  # bytes pickled by Python 3 at protocol 2
+    return allowed
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Refuses every global except what numpy arrays need to rebuild (no arbitrary code)."""
+
+    _allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # anything from a corrupt or hostile file: report it, never a traceback
+        raise DatasetError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path} holds a {type(obj).__name__}, expected a dict with key 'data'")
+    return obj
+
+
+def _images_from_rows(data: object, path: Path, size: int) -> np.ndarray:
+    """(N, 3·S·S) rows of R, G, B planes -> (N, 3, S, S) uint8."""
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * size * size:
+        shape = getattr(data, "shape", type(data).__name__)
+        raise DatasetError(f"{path}: 'data' has shape {shape}, expected (N, {3 * size * size}) for {size}x{size} RGB")
+    if data.dtype != np.uint8:
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise DatasetError(f"{path}: 'data' has dtype {data.dtype}, expected uint8 pixels")
+        data = data.astype(np.uint8)
+    return data.reshape(-1, 3, size, size)  # row-major: (N, 3·S·S) -> (N, C, H, W)
+
+
+def _batch_images(path: Path, size: int) -> np.ndarray:
+    """The images of one pickled batch dict or .npz file holding `data`."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "data" not in npz.files:
+                    raise DatasetError(f"{path} has keys {npz.files}, expected 'data'")
+                data = npz["data"]
+        except DatasetError:
+            raise
+        except Exception as e:
+            raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    else:
+        batch = _load_pickle(path)
+        key = b"data" if b"data" in batch else "data"
+        if key not in batch:
+            raise DatasetError(f"{path} has keys {sorted(map(repr, batch))}, expected 'data'")
+        data = batch[key]
+    return _images_from_rows(data, path, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+def _cifar10(root: Path, split: str) -> list[np.ndarray]:
+    names = [f"data_batch_{k}" for k in range(1, 6)] if split == "train" else ["test_batch"]
+    for folder in (root / "cifar-10-batches-py", root):
+        if all((folder / n).is_file() for n in names):
+            return [_batch_images(folder / n, 32) for n in names]
+    raise DatasetError(f"cifar10 not found: expected {_LAYOUT['cifar10'](root)}; {_FIX}")
+
+
+# ---------------------------------------------------------------------------------------------
+# downsampled ImageNet (Chrabaszcz et al. 2017)
+
+
+def _imagenet_folders(root: Path, size: int) -> list[tuple[Path, Path]]:
+    """(train folder, val folder) pairs of each accepted layout, in order of preference."""
+    pairs = [(root / f"Imagenet{size}_train{s}", root / f"Imagenet{size}_val{s}") for s in ("", "_npz")]
+    return pairs + [(root / f"imagenet{size}",) * 2, (root, root)]
+
+
+def _imagenet_train_files(folder: Path) -> list[Path]:
+    """train_data_batch_<k>[.npz] for k in 1..10, sorted numerically (k, not name: 10 after 9)."""
+    found = [_find_batch(folder, f"train_data_batch_{k}") for k in range(1, 11)]
+    return [p for p in found if p is not None]
+
+
+def _find_batch(folder: Path, name: str) -> Path | None:
+    """A batch file `name` as .npz (preferred: no unpickling) or as a pickle."""
+    for candidate in (folder / f"{name}.npz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imagenet(root: Path, split: str, size: int) -> list[np.ndarray]:
+    name = f"imagenet{size}"
+    for train_dir, val_dir in _imagenet_folders(root, size):
+        if split == "train":
+            files = _imagenet_train_files(train_dir)
+        else:
+            files = [f for f in [_find_batch(val_dir, "val_data")] if f is not None]
+        if files:
+            return [_batch_images(f, size) for f in files]
+    raise DatasetError(f"{name} not found: expected {_LAYOUT[name](root)}; {_FIX}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CelebA
+
+
+def _celeba_files(root: Path, split: str) -> list[Path]:
+    for folder in (root / "celeba", root):
+        images, partition = folder / "img_align_celeba", folder / "list_eval_partition.txt"
+        if images.is_dir() and partition.is_file():
+            code = str(SPLITS.index(split))  # 0 train, 1 val, 2 test
+            files = [images / f for f, c in _read_partition(partition) if c == code]
+            if not files:
+                raise DatasetError(f"celeba64: {partition} lists no images for split {split!r} (code {code})")
+            for path in files[:1] + files[-1:]:  # cheap check now; the rest fail clearly on load
+                if not path.is_file():
+                    raise DatasetError(f"celeba64: image listed in {partition} is missing: {path}")
+            return files
+    raise DatasetError(f"celeba64 not found: expected {_LAYOUT['celeba64'](root)}; {_FIX}")
+
+
+def _read_partition(path: Path) -> list[tuple[str, str]]:
+    """Lines "000001.jpg 0" -> [("000001.jpg", "0"), ...]."""
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DatasetError(f"{path}:{lineno}: expected '<image>.jpg <0|1|2>', got {line.strip()!r}")
+        rows.append((fields[0], fields[1]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# registry: loader and expected layout (for error messages) per dataset
+
+
+# Each loader returns the official "train" or "test" split as parts (one per file) of (N, C, H, W).
+_LOADERS: dict[str, Callable[[Path, str], list[np.ndarray]]] = {
+    "mnist": _mnist,
+    "cifar10": _cifar10,
+    "imagenet32": lambda root, split: _imagenet(root, split, 32),
+    "imagenet64": lambda root, split: _imagenet(root, split, 64),
+}
+
+_LAYOUT: dict[str, Callable[[Path | str], str]] = {
+    "mnist": lambda r: (
+        f"{Path(r) / 'MNIST/raw'}/train-images-idx3-ubyte and t10k-images-idx3-ubyte (optionally .gz), "
+        f"or the same files in {Path(r) / 'raw'} or {r}"
+    ),
+    "cifar10": lambda r: (
+        f"{Path(r) / 'cifar-10-batches-py'}/data_batch_1..5 and test_batch "
+        "(the python version from the CIFAR-10 site)"
+    ),
+    "imagenet32": lambda r: _imagenet_layout(r, 32),
+    "imagenet64": lambda r: _imagenet_layout(r, 64),
+    "celeba64": lambda r: (
+        f"{Path(r) / 'celeba'}/img_align_celeba/*.jpg and {Path(r) / 'celeba'}/list_eval_partition.txt"
+    ),
+}
+
+
+def _imagenet_layout(r: Path | str, s: int) -> str:
+    return (
+        f"{Path(r) / f'Imagenet{s}_train'}/train_data_batch_1..10 and {Path(r) / f'Imagenet{s}_val'}/val_data "
+        f"(or Imagenet{s}_train_npz/ + Imagenet{s}_val_npz/ with .npz files, or all in {Path(r) / f'imagenet{s}'}/)"
+    )

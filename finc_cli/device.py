@@ -1,0 +1,17 @@
+"""Device resolution and seeding shared by every command."""
+
+from __future__ import annotations
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' -> cuda when available else cpu; asking for cuda without one is a clear error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
