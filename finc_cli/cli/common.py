@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: clean one-line errors, JSON or Rich output, override parsing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_USAGE = 2  # bad input: a one-line error, no traceback
+
+
+def _user_errors() -> tuple:
+    """Exception types whose message is meant for users (imported lazily, after the command ran)."""
+    from finc_cli.checkpoint import CheckpointError
+    from finc_cli.config import ConfigError
+
+    types: list = [CheckpointError, ConfigError]
+    for module, name in (
+        ("finc_cli.data.datasets", "DatasetError"),
+        ("finc_cli.train", "RunDirError"),
+        ("finc_cli.sample", "OutputError"),
+        ("finc_cli.invert", "ImageInputError"),
+        ("finc_cli.inverse", "InverseBackendError"),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            types.append(getattr(mod, name))
+    return tuple(types)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn user-facing exceptions into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except OSError as exc:
+            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            reason = exc.strerror or str(exc)
+            fail(f"{reason}{where}; nothing was overwritten (free space or fix permissions, then retry)", 1)
+        except Exception as exc:  # noqa: BLE001 - filtered below
+            if isinstance(exc, _user_errors()) or type(exc) is ValueError:
+                fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+
+    return wrapper
+
+
+def parse_sets(pairs: Optional[list[str]]) -> dict:
+    from finc_cli.config import parse_override
+
+    out = {}
+    for text in pairs or []:
+        key, value = parse_override(text)
+        out[key] = value
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def emit_json(data: dict) -> None:
+    """One JSON object on stdout (non-finite floats as null), nothing else."""
+    sys.stdout.write(json.dumps(_clean(data)) + "\n")
+    sys.stdout.flush()
+
+
+def render_table(title: str, data: dict, keys: Optional[list[str]] = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key in keys or list(data):
+        value = data.get(key)
+        if isinstance(value, float):
+            value = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
+        table.add_row(key, str(value))
+    console.print(table)

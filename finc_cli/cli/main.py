@@ -1,0 +1,248 @@
+"""The `finc` Typer app: thin wrappers around finc_cli.train / evaluate / sample / invert / benchmark."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from finc_cli import __version__
+from finc_cli.cli.common import console, emit_json, err_console, fail, handle_errors, parse_sets, render_table
+
+app = typer.Typer(
+    name="finc",
+    help="FInC Flow: train, evaluate, sample and invert normalizing flows with fast invertible k×k convolutions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "32"
+    bf16 = "bf16"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend: auto, wavefront, native, cupy, reference.")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"finc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """FInC Flow command line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@app.command("train")
+@handle_errors
+def train_cli(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (presets/NAME.yaml) or a YAML path.")] = "digits",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (default runs/PRESET).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Run directory or checkpoint to continue, or 'auto'.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty run directory.")] = False,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: section.key=value (repeatable).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="train.steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="train.batch_size (global)")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="train.lr")] = None,
+    device: Annotated[Optional[Device], typer.Option("--device", help="train.device")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
+    data_dir: DataDirOpt = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="32 or bf16 (coupling nets under autocast)")] = None,
+    accumulate: Annotated[Optional[int], typer.Option("--accumulate", help="Gradient accumulation micro-batches.")] = None,
+    json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a FInC Flow from a preset; writes config.yaml, metrics.jsonl, last.pt, best.pt, samples/."""
+    from pathlib import Path
+
+    from finc_cli.config import load_preset
+    from finc_cli.train import TrainingInterrupted, train
+
+    overrides = parse_sets(sets)
+    flags = {
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.device": device.value if device else None,
+        "train.seed": seed,
+        "data.data_dir": data_dir,
+        "train.precision": precision.value if precision else None,
+        "train.accumulate": accumulate,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    cfg = load_preset(preset, overrides)
+    run_dir = Path(out) if out else Path("runs") / cfg.name
+    from finc_cli.cli.progress import RichReporter
+
+    reporter = RichReporter(enabled=not quiet and not json_out)
+    try:
+        summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter)
+    except TrainingInterrupted as exc:
+        err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False)
+        raise typer.Exit(130 if exc.signum == 2 else 143)
+    if not _is_main_process():
+        return
+    if json_out:
+        emit_json(summary)
+    else:
+        render_table(f"finc train: {cfg.name}", summary)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate / bpd
+
+
+@handle_errors
+def evaluate_cli(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (e.g. runs/digits/best.pt).")],
+    split: Annotated[Split, typer.Option("--split", help="Dataset split.")] = Split.test,
+    data_dir: DataDirOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = None,
+    device: DeviceOpt = Device.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bits per dimension over a whole split, with its standard error."""
+    from finc_cli.cli.progress import count_progress
+    from finc_cli.evaluate import evaluate
+
+    result = evaluate(
+        checkpoint, split.value, data_dir, batch_size, device.value, progress=None if json_out else count_progress("evaluating")
+    )
+    if json_out:
+        emit_json(result)
+    else:
+        render_table(f"bits/dim on {result['dataset']} {result['split']}", result)
+        console.print(f"{result['split']} bits/dim: {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} ({result['n_images']} images)")
+
+
+app.command("evaluate")(evaluate_cli)
+app.command("bpd", help="Alias of evaluate: bits per dimension over a split.")(evaluate_cli)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+
+
+@app.command("sample")
+@handle_errors
+def sample_cli(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
+    n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG grid path (a directory with --individual).")] = "samples.png",
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature T > 0.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", min=1, help="Images per grid row.")] = None,
+    individual: Annotated[bool, typer.Option("--individual", help="One PNG per sample in the --out directory.")] = False,
+    device: DeviceOpt = Device.auto,
+    backend: BackendOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sample images and write a PNG grid; reports the sampling time."""
+    from finc_cli.sample import sample
+
+    result = sample(checkpoint, n, out, temperature, seed, nrow, individual, device.value, backend)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(
+            f"wrote {result['n']} samples to {result['out']} in {result['sampling_seconds']:.3f} s "
+            f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temperature:g})",
+            highlight=False,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# invert
+
+
+@app.command("invert")
+@handle_errors
+def invert_cli(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
+    images: Annotated[Optional[list[str]], typer.Argument(help="Image files to encode (default: --split images).")] = None,
+    split: Annotated[Split, typer.Option("--split", help="Split to take images from when none are given.")] = Split.test,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Images taken from the split.")] = 256,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = Device.auto,
+    backend: BackendOpt = None,
+    save_latents: Annotated[Optional[str], typer.Option("--save-latents", help="Write the latents to FILE.")] = None,
+    latents: Annotated[Optional[str], typer.Option("--latents", help="Decode latents from FILE instead of encoding.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="With --latents: PNG grid of the decoded images.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Encode and decode exactly; report reconstruction error per FInC unit and timings."""
+    from finc_cli.invert import invert
+
+    result = invert(checkpoint, images, split.value, limit, data_dir, device.value, backend, save_latents, latents, out, threshold)
+    if json_out:
+        emit_json(result)
+        return
+    if latents:
+        console.print(f"decoded {result['n_images']} images in {result['decode_seconds']:.3f} s", highlight=False)
+        return
+    _render_invert(result)
+
+
+def _render_invert(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"per FInC unit reconstruction error (flag > {result['threshold']:g})")
+    for col in ("layer", "max abs err", "mean abs err", "flag"):
+        table.add_column(col)
+    for row in result["layers"]:
+        table.add_row(row["layer"], f"{row['max_abs_err']:.2e}", f"{row['mean_abs_err']:.2e}", "[red]FLAG[/]" if row["flagged"] else "")
+    console.print(table)
+    console.print(
+        f"{result['n_images']} images ({result['source']}): exact={result['exact']}, "
+        f"max error {result['max_abs_err']:.2e} levels, mean {result['mean_abs_err']:.2e}; "
+        f"encode {result['encode_seconds']:.3f} s, decode {result['decode_seconds']:.3f} s; "
+        f"worst unit {result['worst_layer']}",
+        highlight=False,
+    )
+    if result["flagged_layers"]:
+        err_console.print(f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False)
+
+
+def main() -> None:
+    try:
+        from finc_cli.cli import benchmark  # noqa: F401  (registers `finc benchmark`)
+    except ImportError:
+        pass
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Rich progress bars for training and evaluation."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from finc_cli.cli.common import err_console
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+class RichReporter:
+    """Training progress: loss and bits/dim, it/s and ETA, on rank 0 only."""
+
+    def __init__(self, enabled: bool = True):
+        import os
+
+        self.enabled = enabled and os.environ.get("RANK", "0") == "0"
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def start(self, total: int, completed: int) -> None:
+        if not self.enabled:
+            return
+        self.progress = _progress()
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=completed, stats="", rate="")
+
+    def advance(self, step: int, metrics: dict) -> None:
+        if self.progress is None:
+            return
+        stats = f"loss {metrics['loss']:.3f} bpd"
+        if "val" in metrics:
+            stats += f" · val {metrics['val']:.3f}"
+        speed = self.progress.tasks[0].speed
+        self.progress.update(self.task, completed=step, stats=stats, rate=f"{speed:.1f} it/s" if speed else "")
+
+    def log(self, text: str) -> None:
+        if not self.enabled:
+            return
+        (self.progress.console if self.progress else err_console).print(text, highlight=False)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def count_progress(description: str) -> Callable[[int], Callable[[int], None]]:
+    """A factory: progress(total) -> advance(n); the bar closes when it reaches total."""
+
+    def factory(total: int) -> Callable[[int], None]:
+        progress = _progress()
+        progress.start()
+        task = progress.add_task(description, total=total, stats="", rate="")
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress.update(task, advance=n)
+            if done[0] >= total:
+                progress.stop()
+
+        return advance
+
+    return factory

@@ -1,0 +1,256 @@
+"""FlowModel: the multi-scale FInC Flow (Glow structure with a FInC unit per step; DESIGN §3)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from finc_cli.config import Config, ModelConfig
+from finc_cli.data.preprocess import LogitPreprocess, dequantize, quantize
+from finc_cli.flows.actnorm import ActNorm
+from finc_cli.flows.conv1x1 import InvConv1x1
+from finc_cli.flows.coupling import AffineCoupling
+from finc_cli.flows.finc_conv import FInCConv2d
+from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
+from finc_cli.flows.sequential import FlowSequential
+from finc_cli.losses import bits_per_dim
+
+
+def _twos(n: int) -> int:
+    """How many times n halves evenly."""
+    count = 0
+    while n > 0 and n % 2 == 0:
+        n, count = n // 2, count + 1
+    return count
+
+
+def check_architecture(image_shape: Sequence[int], cfg: ModelConfig, name: Optional[str] = None) -> None:
+    """Raise ValueError (one line) unless H, W halve `levels` times and every FInC unit gets C % 4 == 0."""
+    c, h, w = image_shape
+    what = f"{name} {h}×{w}" if name else f"image {c}×{h}×{w}"
+    max_levels = min(_twos(h), _twos(w))
+    if cfg.levels > max_levels:
+        if max_levels == 0:
+            raise ValueError(f"{what} cannot be squeezed: H and W must be even (model.levels={cfg.levels})")
+        raise ValueError(
+            f"{what} allows at most {max_levels} levels (H and W must be divisible by 2^levels), "
+            f"got model.levels={cfg.levels}"
+        )
+    for level, channels in enumerate(level_channels(c, cfg.levels), start=1):
+        if cfg.finc and channels % 4:
+            raise ValueError(f"level {level} has {channels} channels; the FInC unit needs a multiple of 4")
+
+
+def level_channels(channels: int, levels: int) -> list[int]:
+    """Channels inside each level: squeeze ×4, then the split keeps half before the next level."""
+    out, c = [], channels
+    for _ in range(levels):
+        c *= 4  # squeeze
+        out.append(c)
+        c -= c // 2  # split keeps ceil(c / 2)
+    return out
+
+
+def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
+    """FInC unit → ActNorm → 1×1 conv → affine coupling (no FInC unit when cfg.finc is False)."""
+    layers: OrderedDict = OrderedDict()
+    if cfg.finc:
+        layers["finc"] = FInCConv2d(channels, cfg.kernel_size)
+    layers["actnorm"] = ActNorm(channels)
+    layers["conv1x1"] = InvConv1x1(channels, lu=cfg.conv1x1 == "lu")
+    layers["coupling"] = AffineCoupling(channels, cfg.hidden, cfg.max_log_scale)
+    return FlowSequential(layers)
+
+
+class Level(nn.Module):
+    """Squeeze → K flow steps → split prior (absent on the last level)."""
+
+    def __init__(self, in_channels: int, cfg: ModelConfig, split: bool):
+        super().__init__()
+        channels = 4 * in_channels
+        self.squeeze = Squeeze()
+        self.steps = FlowSequential(*[flow_step(channels, cfg) for _ in range(cfg.steps)])
+        self.split = SplitPrior(channels) if split else None
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (no ActNorm init as a side effect), the previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class FlowModel(nn.Module):
+    """log p(v) for bin-scaled dequantized images v = (x + u) / bins, and its exact inverse.
+
+    preprocess (logit) → for each of L levels: squeeze → K steps → split (all but the last);
+    the last level's output is scored under N(0, I). Latents: every split z, then the final z.
+    """
+
+    def __init__(self, image_shape: Sequence[int], bins: int, model_cfg: ModelConfig, name: Optional[str] = None):
+        super().__init__()
+        check_architecture(image_shape, model_cfg, name)
+        self.image_shape = tuple(int(s) for s in image_shape)  # (C, H, W)
+        self.bins, self.model_cfg, self.name = int(bins), model_cfg, name
+        self.preprocess = LogitPreprocess(model_cfg.alpha)
+        channels = level_channels(self.image_shape[0], model_cfg.levels)
+        in_channels = [self.image_shape[0]] + [c - c // 2 for c in channels[:-1]]
+        self.levels = nn.ModuleList(
+            Level(c_in, model_cfg, split=i < model_cfg.levels - 1) for i, c_in in enumerate(in_channels)
+        )
+
+    # -- shapes and bookkeeping ---------------------------------------------------------------
+
+    @property
+    def num_dims(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """(C, H, W) of every latent in encode order: each split z, then the final z."""
+        _, h, w = self.image_shape
+        shapes = []
+        for c, level in zip(level_channels(self.image_shape[0], len(self.levels)), self.levels):
+            h, w = h // 2, w // 2
+            shapes.append((c // 2, h, w) if level.split is not None else (c, h, w))
+        return shapes
+
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def finc_units(self) -> list[tuple[str, FInCConv2d]]:
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, FInCConv2d)]
+
+    def set_autocast(self, dtype: Optional[torch.dtype]) -> None:
+        """Run every coupling conditioner under autocast(dtype), or in full precision with None."""
+        for m in self.modules():
+            if isinstance(m, AffineCoupling):
+                m.autocast_dtype = dtype
+
+    def _dequantize(self, x: torch.Tensor, noise: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        p = self._param()
+        return dequantize(x.to(p.device), self.bins, generator=generator, noise=noise, dtype=p.dtype)
+
+    # -- the map v <-> latents ----------------------------------------------------------------
+
+    def v_to_latents(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(latents, log p(v) of shape (B,)) for v (B, C, H, W) in [0, 1)."""
+        h, log_p = self.preprocess(v)  # (B, C, H, W)
+        latents = []
+        for level in self.levels:
+            h, _ = level.squeeze(h)  # (B, 4C, H/2, W/2)
+            h, logdet = level.steps(h)
+            log_p = log_p + logdet
+            if level.split is not None:
+                h, z, log_pz = level.split(h)  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
+                latents.append(z)
+                log_p = log_p + log_pz
+        latents.append(h)
+        return latents, log_p + gaussian_log_prob(h)
+
+    def latents_to_v(self, latents: Sequence[Optional[torch.Tensor]], temperature: float = 1.0,
+                     generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
+        """Invert v_to_latents; a None split latent is sampled from its prior at `temperature`."""
+        h = latents[-1]
+        for i in reversed(range(len(self.levels))):
+            level = self.levels[i]
+            if level.split is not None:
+                h = level.split.inverse(h, latents[i], temperature=temperature, generator=generator)
+            h, _ = level.steps.inverse(h, backend=backend)
+            h, _ = level.squeeze.inverse(h)  # (B, C, 2H, 2W)
+        v, _ = self.preprocess.inverse(h)
+        return v
+
+    # -- densities ----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B,) bits/dim of integer images x with fresh uniform dequantization (the training loss)."""
+        return self.nll_bits_per_dim(x, generator=generator)
+
+    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """(B,) log-density of the bin-scaled dequantized image v."""
+        return self.v_to_latents(v)[1]
+
+    def nll_bits_per_dim(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B,) bits/dim of integer images x in [0, bins-1] with fresh uniform dequantization noise."""
+        v = self._dequantize(x, "uniform", generator)
+        return bits_per_dim(-self.log_prob(v), self.num_dims, self.bins)
+
+    def bits_per_dim(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B,) bits/dim; the public name of nll_bits_per_dim."""
+        return self.nll_bits_per_dim(x, generator=generator)
+
+    # -- encode / decode / sample -------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, noise: str = "center", generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+        """Integer images -> latents (every split z, then the final z); deterministic by default."""
+        with _eval_mode(self):
+            return self.v_to_latents(self._dequantize(x, noise, generator))[0]
+
+    @torch.no_grad()
+    def decode(self, latents: Sequence[torch.Tensor], backend: Optional[str] = None) -> torch.Tensor:
+        """Latents -> uint8 images (B, C, H, W); decode(encode(x)) == x."""
+        return quantize(self.latents_to_v(list(latents), backend=backend), self.bins)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None,
+               backend: Optional[str] = None) -> torch.Tensor:
+        """n uint8 images (n, C, H, W) with z ~ N(0, T²) at every level (split means included)."""
+        top = standard_normal((n, *self.latent_shapes()[-1]), self._param(), generator) * temperature
+        latents = [None] * (len(self.levels) - 1) + [top]
+        return quantize(self.latents_to_v(latents, temperature, generator, backend), self.bins)
+
+    # -- health and init ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruction_report(self, x: torch.Tensor, backend: Optional[str] = None) -> list[dict]:
+        """Per FInC unit: invert the unit alone on its recorded output of a forward pass of x."""
+        units = self.finc_units()
+        records: dict = {}
+
+        def record(name):
+            return lambda module, inputs, output: records.__setitem__(name, (inputs[0], output[0]))
+
+        hooks = [m.register_forward_hook(record(name)) for name, m in units]
+        try:
+            with _eval_mode(self):
+                self.v_to_latents(self._dequantize(x, "center"))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        report = []
+        for name, unit in units:
+            x_in, y_out = records[name]
+            err = (unit.inverse(y_out, backend=backend)[0] - x_in).abs()
+            report.append({"layer": name, "max_abs_err": err.max().item(), "mean_abs_err": err.mean().item()})
+        return report
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
+        """One forward in train mode on integer images x: triggers ActNorm's data-dependent init."""
+        was_training = self.training
+        self.train()
+        try:
+            self.log_prob(self._dequantize(x, "uniform", generator))
+        finally:
+            self.train(was_training)
+
+
+def build_model(config: Config) -> FlowModel:
+    """The FlowModel for config.data.name's image shape and bins, with config.model's architecture."""
+    from finc_cli.data.datasets import dataset_info
+
+    info = dataset_info(config.data.name)
+    return FlowModel((info.channels, info.height, info.width), info.bins, config.model, name=info.name)

@@ -1,0 +1,87 @@
+"""Sampling from a checkpoint: the plain function behind `finc sample`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+
+class OutputError(ValueError):
+    """An output path cannot be written; one line naming the path and the fix."""
+
+
+def check_output_file(path: Path) -> None:
+    import os
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a directory; give a .png file (or use --individual)")
+
+
+def sample(
+    checkpoint: str,
+    n: int = 64,
+    out: str = "samples.png",
+    temperature: float = 1.0,
+    seed: Optional[int] = None,
+    nrow: Optional[int] = None,
+    individual: bool = False,
+    device: str = "auto",
+    backend: Optional[str] = None,
+) -> dict:
+    """Draw n samples at temperature T and write a PNG grid (or one PNG per sample)."""
+    import torch
+
+    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.device import resolve_device
+    from finc_cli.images import save_grid, save_png, to_uint8_255
+
+    if n < 1:
+        raise ValueError(f"-n must be at least 1, got {n}")
+    if not temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    out_path = Path(out)
+    if individual:
+        if out_path.exists() and not out_path.is_dir():
+            raise OutputError(f"--individual writes one PNG per sample into a directory, but {out_path} is a file")
+        check_output_file(out_path / "x.png") if out_path.is_dir() else check_output_file(out_path)
+    else:
+        check_output_file(out_path)
+    dev = resolve_device(device)
+    model, cfg = load_checkpoint(checkpoint, device=str(dev))
+    g = torch.Generator(device=dev)
+    g.manual_seed(seed if seed is not None else torch.seed())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        images = model.sample(n, temperature=temperature, generator=g, backend=backend)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if individual:
+        out_path.mkdir(exist_ok=True)
+        pixels = to_uint8_255(images, model.bins)
+        files = []
+        for i in range(n):
+            files.append(out_path / f"sample_{i:05d}.png")
+            save_png(pixels[i], files[-1])
+        written = str(out_path)
+    else:
+        save_grid(images, out_path, model.bins, nrow=nrow)
+        written = str(out_path)
+    return {
+        "n": n,
+        "out": written,
+        "temperature": temperature,
+        "seed": seed,
+        "sampling_seconds": seconds,
+        "seconds_per_image": seconds / n,
+        "dataset": cfg.data.name,
+        "device": str(dev),
+    }
