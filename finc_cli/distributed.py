@@ -14,6 +14,7 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this call created the process group, so it destroys it
 
     @property
     def is_main(self) -> bool:
@@ -35,10 +36,12 @@ def setup(device_name: str = "auto") -> DistContext:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
+    owns = False
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    return DistContext(rank, local, world, device)
+        owns = True
+    return DistContext(rank, local, world, device, owns)
 
 
 def cleanup() -> None:

@@ -27,6 +27,13 @@ class TrainingInterrupted(Exception):
         self.step, self.signum, self.path = step, signum, path
 
 
+class TrainingDiverged(RuntimeError):
+    """Rollbacks did not help: the run keeps producing non-finite steps."""
+
+
+MAX_ROLLBACKS = 10  # each halves the learning rate: 2^-10 of it is no longer training
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -117,27 +124,56 @@ def evaluate_bpd(model, ds, batch_size: int, device, seed: int = 1234, progress:
 # run directory, checkpoints, resume
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
+
+
 def prepare_run_dir(out: Path, resume: Optional[str], force: bool) -> Optional[Path]:
-    """Return the checkpoint to resume from (or None); refuse to clobber a non-empty directory."""
+    """Return the checkpoint to resume from (or None); refuse to clobber a non-empty directory.
+
+    Only checks: nothing is created or deleted here (see `create_run_dir`), so a run that then
+    fails on bad input (a missing dataset, a bad checkpoint) leaves no partial output behind.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; give a directory")
+    occupied = out.is_dir() and any(out.iterdir())
     if resume is not None:
         run = out if resume == "auto" else Path(resume)
         ckpt = run / "last.pt" if run.is_dir() else run
         if ckpt.is_file():
+            same_dir = ckpt.parent.resolve() == out.resolve()
+            if occupied and not same_dir and not force:
+                raise RunDirError(f"run directory {out} is not empty; resuming {ckpt} into it needs --force")
             return ckpt
         if resume != "auto":
             raise RunDirError(f"nothing to resume: {ckpt} does not exist; start a new run without --resume")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not force and resume is None:
+    if occupied and not force and resume is None:
         raise RunDirError(f"run directory {out} is not empty; use --resume {out} to continue it or --force to overwrite")
+    return None
+
+
+def create_run_dir(out: Path, fresh: bool) -> None:
+    """Create the run directory; drop stale temporary files, and a fresh (--force) run's old files."""
+    from finc_cli.atomic import remove_stale_temporaries
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc.strerror}") from None
-    if force and resume is None:
-        for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml"):
+    for name in RUN_FILES:
+        remove_stale_temporaries(out, name)  # left by a process killed mid-write
+        if fresh:
             (out / name).unlink(missing_ok=True)
-    return None
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer's bytes: equal digests mean bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def rng_state() -> dict:
@@ -169,18 +205,40 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config) -> dict
     }
 
 
-def restore(data: dict, model, optimizer, state: TrainState) -> None:
-    model.load_state_dict(data["model"])
-    if "optimizer" in data:
-        optimizer.load_state_dict(data["optimizer"])
-    ts = data.get("train_state", {})
-    state.step = int(ts.get("step", 0))
-    state.best_val_bpd = float(ts.get("best_val_bpd", math.inf))
-    state.bad_steps = int(ts.get("bad_steps", 0))
-    state.rollbacks = int(ts.get("rollbacks", 0))
-    state.lr_scale = float(ts.get("lr_scale", 1.0))
-    if "rng" in data:
-        set_rng_state(data["rng"])
+def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
+    """Load weights, optimizer, step counters and RNG from a checkpoint; a mismatch is a CheckpointError."""
+    from finc_cli.checkpoint import CheckpointError, load_weights
+
+    load_weights(model, data["model"], path)
+    try:
+        if "optimizer" in data:
+            optimizer.load_state_dict(data["optimizer"])
+        ts = data.get("train_state", {})
+        state.step = int(ts.get("step", 0))
+        state.best_val_bpd = float(ts.get("best_val_bpd", math.inf))
+        state.bad_steps = int(ts.get("bad_steps", 0))
+        state.rollbacks = int(ts.get("rollbacks", 0))
+        state.lr_scale = float(ts.get("lr_scale", 1.0))
+        if "rng" in data:
+            set_rng_state(data["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: its optimizer or training state does not fit this run ({detail})") from None
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become null (strict JSON); the event records say which value was bad."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """One strict-JSON object per line; a line cut by a crash is dropped on resume."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -190,12 +248,13 @@ def truncate_metrics(path: Path, step: int) -> None:
     from finc_cli.atomic import atomic_write_text
 
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
@@ -227,7 +286,10 @@ class Reporter:
 
 
 class _Signals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary.
+
+    A second signal aborts at once (KeyboardInterrupt) without writing anything.
+    """
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -242,6 +304,8 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
+        if self.received is not None:  # asked twice: stop now; last.pt is the previous, whole one
+            raise KeyboardInterrupt
         self.received = signum
 
     def __exit__(self, *exc):
@@ -300,12 +364,13 @@ def train(
     optimizer = build_optimizer(model, cfg)
     state = TrainState()
     if data is not None:
-        restore(data, model, optimizer, state)
+        restore(data, model, optimizer, state, ckpt)
         reporter.log(f"resumed from {ckpt} at step {state.step}")
     else:
         init_idx = batch_indices(len(train_ds), min(len(train_ds), max(t.batch_size, 256)), t.seed, 0)
         model.initialize(fetch(train_ds, init_idx).to(device))  # ActNorm data-dependent init
-    if ctx.is_main:
+    if ctx.is_main:  # every input checked: only now is anything written
+        create_run_dir(out, fresh=data is None)
         save_config(cfg, out / "config.yaml")
         truncate_metrics(out / "metrics.jsonl", state.step)
     net = LogProb(model)
@@ -322,26 +387,32 @@ def train(
 
     def log_line(record: dict) -> None:
         if ctx.is_main:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_metrics(metrics_path, record)
 
     def save(name: str) -> None:
-        if ctx.is_main:
+        if ctx.is_main and not _params_finite(model):  # never replace a good checkpoint with NaNs
+            log_line({"step": state.step, "event": "checkpoint_skipped", "file": name, "reason": "non-finite parameters"})
+            reporter.log(f"step {state.step}: parameters are not finite; {name} not written, the previous one is kept")
+        elif ctx.is_main:
             save_checkpoint(out / name, checkpoint_payload(model, optimizer, state, cfg))
 
-    def run_eval() -> dict:
+    def run_eval(log: bool = True) -> dict:
         result = evaluate_bpd(model, val_ds, t.eval_batch_size, device)
         health = model.reconstruction_report(probe) if model.finc_units() else []
         worst = max((r["max_abs_err"] for r in health), default=0.0)
         record = {"step": state.step, "val_bpd": result["bpd"], "val_bpd_stderr": result["bpd_stderr"], "recon_max_err": worst}
-        log_line(record)
-        if worst > t.health_threshold:
+        if not worst <= t.health_threshold:  # NaN included
+            record["health_warning"] = True
             reporter.log(f"warning: FInC reconstruction error {worst:.2e} exceeds {t.health_threshold:g} at step {state.step}; sampling may break")
+        if log:
+            log_line(record)
         if result["bpd"] < state.best_val_bpd:
             state.best_val_bpd = result["bpd"]
             save("best.pt")
         return record
 
+    if data is None:
+        save("last.pt")  # a fresh run is resumable (and has a rollback target) from its first moment
     reporter.start(t.steps, state.step)
     model.train()
     try:
@@ -350,8 +421,9 @@ def train(
                 stats = _train_step(net, model, optimizer, train_ds, cfg, state, ctx, num_dims)
                 state.step += 1
                 if stats["skipped"]:
-                    log_line({"step": state.step, "event": "nonfinite", "loss_bpd": stats["loss"]})
-                    reporter.log(f"step {state.step}: non-finite loss or gradient, step skipped")
+                    reason = _nonfinite_reason(stats)
+                    log_line({"step": state.step, "event": "nonfinite", "reason": reason, "loss_bpd": stats["loss"], "grad_norm": stats["grad_norm"]})
+                    reporter.log(f"step {state.step}: {reason}; step skipped ({state.bad_steps} in a row)")
                     if state.bad_steps >= t.max_bad_steps:
                         _rollback(out / "last.pt", model, optimizer, state, reporter, log_line)
                 else:
@@ -374,18 +446,21 @@ def train(
                     last_eval = run_eval()
                 if ctx.is_main and (state.step % t.sample_every == 0 or state.step == t.steps):
                     _save_samples(model, cfg, out / "samples" / f"step_{state.step:07d}.png")
-                if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+                periodic = state.step % t.checkpoint_every == 0 or state.step == t.steps
+                if periodic:
                     save("last.pt")
                 stop = dist_utils.broadcast_object(signals.received)
                 if stop is not None:
-                    save("last.pt")
+                    if not periodic:
+                        save("last.pt")
                     raise TrainingInterrupted(state.step, stop, out / "last.pt")
             if not last_eval:  # zero steps asked, or resumed at the end: still report a figure
-                last_eval = run_eval()
-                save("last.pt")
+                last_eval = run_eval(log=start_step == 0)  # a resumed run logged this step already
     finally:
         reporter.stop()
         dist_utils.barrier()
+        if ctx.owns_group:
+            dist_utils.cleanup()
     return {
         "out_dir": str(out),
         "steps": state.step,
@@ -396,6 +471,7 @@ def train(
         "rollbacks": state.rollbacks,
         "resumed_from": str(ckpt) if ckpt else None,
         "world_size": ctx.world_size,
+        "params_sha256": params_digest(model),
     }
 
 
@@ -444,20 +520,41 @@ class _nullcontext:
         return False
 
 
+def _params_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _nonfinite_reason(stats: dict) -> str:
+    if not math.isfinite(stats["loss"]):
+        return f"non-finite loss ({stats['loss']})"
+    return f"non-finite gradient (norm {stats['grad_norm']})"
+
+
 def _rollback(path: Path, model, optimizer, state: TrainState, reporter: Reporter, log_line) -> None:
-    """Too many bad steps in a row: reload the last good weights and halve the learning rate."""
+    """Too many bad steps in a row: reload the last good weights and halve the learning rate.
+
+    The step counter moves on (the batches that failed are not retried); after MAX_ROLLBACKS the
+    run stops with TrainingDiverged rather than loop forever.
+    """
+    if state.rollbacks >= MAX_ROLLBACKS:
+        raise TrainingDiverged(
+            f"training diverged: still non-finite at step {state.step} after {state.rollbacks} rollbacks; "
+            f"lower train.lr or set train.grad_clip, then --resume"
+        )
     state.rollbacks += 1
     state.lr_scale *= 0.5
     state.bad_steps = 0
+    to_step = None
     if path.is_file():
         data = read_checkpoint(path)
         model.load_state_dict(data["model"])
         if "optimizer" in data:
             optimizer.load_state_dict(data["optimizer"])
-        where = f"{path} (step {data.get('train_state', {}).get('step', '?')})"
+        to_step = data.get("train_state", {}).get("step")
+        where = f"{path} (step {to_step})"
     else:
         where = "the current weights (no checkpoint yet)"
-    log_line({"step": state.step, "event": "rollback", "lr_scale": state.lr_scale})
+    log_line({"step": state.step, "event": "rollback", "to_step": to_step, "lr_scale": state.lr_scale})
     reporter.log(f"step {state.step}: rolled back to {where}; learning rate scaled by {state.lr_scale:g}")
 
 
