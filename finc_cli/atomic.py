@@ -8,33 +8,67 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
+TMP_SUFFIX = ".tmp"  # temporary files are named .NAME.<random>.tmp beside their target
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain open() would give: the existing file's, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # make the rename itself durable; not every filesystem allows it
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
 
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
 
-    On any error the temporary file is removed and `path` is left as it was.
+    On any error (a full disk included) the temporary file is removed and `path` is left as it
+    was; an OSError is re-raised naming `path`, so the user sees which file could not be written.
+    A process killed mid-write leaves at most a stale `.NAME.*.tmp` (see `remove_stale_temporaries`).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode(path))
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        try:  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Union[str, os.PathLike], name: str) -> list[Path]:
+    """Delete `.NAME.*.tmp` files a killed writer left in `folder`; returns what was removed."""
+    removed = []
+    for stale in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
 
 
 def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:

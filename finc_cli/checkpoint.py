@@ -26,32 +26,50 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> N
         torch.save(data, tmp)
 
 
-def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with `weights_only=True`; any problem is a CheckpointError."""
+def _torch_load(path: Path, map_location: Any) -> Any:
+    """torch.load with weights_only=True: plain tensors and containers only, no code run."""
     import pickle
+    import re
+    import warnings
 
     import torch
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a foreign file can fail in any part of the reader
+        unsafe = re.search(r"GLOBAL (\S+)|Unsupported (?:global|class) (\S+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and unsafe:
+            name = (unsafe.group(1) or unsafe.group(2)).rstrip(".,:")
+            raise CheckpointError(
+                f"{path} holds a Python object ({name}) that a safe load refuses; not loaded, nothing run "
+                "- it was not written by finc"
+            ) from None
+        raise CheckpointError(f"{path} is truncated, corrupted or not a PyTorch file (cannot be read)") from None
+
+
+def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with `weights_only=True`; any problem is a CheckpointError."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give a checkpoint file such as {path}/best.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path} holds objects a safe load refuses ({first[:120]}); it is not a finc checkpoint") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError):
-        raise CheckpointError(f"{path} is truncated or corrupted (cannot be read as a PyTorch file)") from None
+    data = _torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a finc checkpoint (no '{FORMAT}' marker)")
-    if data.get("format_version", 0) > FORMAT_VERSION:
+    version = data.get("format_version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} has an unreadable format version {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format {data['format_version']}, newer than this finc reads ({FORMAT_VERSION}); upgrade finc"
+            f"{path} has checkpoint format {version}, newer than this finc reads ({FORMAT_VERSION}); upgrade finc"
         )
     for key in ("config", "model"):
-        if key not in data:
+        if not isinstance(data.get(key), dict):
             raise CheckpointError(f"{path} is incomplete: no '{key}' entry")
     return data
 
@@ -65,6 +83,37 @@ def config_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoi
         raise CheckpointError(f"{path} holds an invalid config: {exc}") from None
 
 
+def _mismatch(expected: dict, found: dict) -> str:
+    """A one-line summary of how a state dict differs from the model's: missing, unexpected, shapes."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            more = f" and {len(items) - 1} more" if len(items) > 1 else ""
+            parts.append(f"{len(items)} {label} (e.g. {items[0]}{more})")
+    return "; ".join(parts)
+
+
+def load_weights(model, weights: Any, path: Union[str, os.PathLike] = "checkpoint") -> None:
+    """Strictly load `weights` into `model`, or raise a CheckpointError summarising the mismatch."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
+    detail = _mismatch(model.state_dict(), weights)
+    if detail:
+        raise CheckpointError(f"{path}: weights do not match the architecture in its config: {detail}")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:160]
+        raise CheckpointError(f"{path}: weights cannot be loaded ({first})") from None
+
+
 def model_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoint", device: Optional[str] = None):
     """Build the model the checkpoint's config describes and load its weights (strict)."""
     from finc_cli.model import build_model
@@ -74,11 +123,7 @@ def model_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoin
         model = build_model(cfg)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
-    try:
-        model.load_state_dict(data["model"], strict=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()[0][:160]
-        raise CheckpointError(f"{path}: weights do not match the architecture in its config ({detail})") from None
+    load_weights(model, data["model"], path)
     if device is not None:
         model.to(device)
     model.eval()

@@ -51,24 +51,43 @@ def save_latents(path: str, latents, meta: dict) -> None:
 
 
 def load_latents(path: str, model) -> list:
-    import pickle
+    import warnings
 
     import torch
 
+    if not Path(path).is_file():
+        raise ImageInputError(f"latents file {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ImageInputError(f"latents file {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
-        raise ImageInputError(f"{path} is not a readable finc latents file") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code run
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - truncated, corrupted, foreign or unsafe: all the same to the user
+        raise ImageInputError(f"{path} is not a readable finc latents file (truncated, corrupted or foreign)") from None
     if not isinstance(data, dict) or data.get("format") != LATENTS_FORMAT:
         raise ImageInputError(f"{path} is not a finc latents file (written by finc invert --save-latents)")
-    latents = data["latents"]
+    latents = data.get("latents")
+    if not isinstance(latents, list) or not all(isinstance(z, torch.Tensor) and z.dim() == 4 for z in latents):
+        raise ImageInputError(f"{path} is a damaged finc latents file: 'latents' is not a list of (N, C, H, W) tensors")
     expected = model.latent_shapes()
     got = [tuple(z.shape[1:]) for z in latents]
     if got != [tuple(s) for s in expected]:
         raise ImageInputError(f"{path} holds latents of shapes {got}, but this model's are {expected}")
     return latents
+
+
+def _check_outputs(save_latents_to: Optional[str], decoded_out: Optional[str], threshold: Optional[float]) -> None:
+    """Bad output paths and thresholds fail before the model is loaded, and before anything is written."""
+    import math
+
+    from finc_cli.sample import check_output_file
+
+    for out in (save_latents_to, decoded_out):
+        if out:
+            check_output_file(Path(out))
+    if threshold is not None and not (threshold >= 0 and math.isfinite(threshold)):
+        raise ValueError(f"--threshold must be a finite number >= 0, got {threshold}")
 
 
 def invert(
@@ -91,6 +110,7 @@ def invert(
     from finc_cli.data.preprocess import quantize
     from finc_cli.device import resolve_device
 
+    _check_outputs(save_latents_to, decoded_out, threshold)
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, device=str(dev))
     C, H, W = model.image_shape
@@ -136,6 +156,10 @@ def invert(
         row["flagged"] = row["max_abs_err"] > threshold
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
+    if decoded_out:
+        from finc_cli.images import save_grid
+
+        save_grid(decoded, decoded_out, model.bins)
     worst = max(layers, key=lambda r: r["max_abs_err"], default=None)
     return {
         "n_images": int(x.shape[0]),
@@ -151,4 +175,5 @@ def invert(
         "worst_layer": worst["layer"] if worst else None,
         "flagged_layers": [r["layer"] for r in layers if r["flagged"]],
         "latents_saved_to": save_latents_to,
+        "decoded_out": decoded_out,
     }

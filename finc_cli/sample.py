@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,8 +13,10 @@ class OutputError(ValueError):
 
 
 def check_output_file(path: Path) -> None:
+    """Fail before any work if `path` cannot be written: a missing or unwritable folder, a directory."""
     import os
 
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"output directory {parent} does not exist; create it first")
@@ -43,8 +46,8 @@ def sample(
 
     if n < 1:
         raise ValueError(f"-n must be at least 1, got {n}")
-    if not temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
     out_path = Path(out)
     if individual:
         if out_path.exists() and not out_path.is_dir():
@@ -65,12 +68,7 @@ def sample(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     if individual:
-        out_path.mkdir(exist_ok=True)
-        pixels = to_uint8_255(images, model.bins)
-        files = []
-        for i in range(n):
-            files.append(out_path / f"sample_{i:05d}.png")
-            save_png(pixels[i], files[-1])
+        _save_individual(to_uint8_255(images, model.bins), out_path, save_png)
         written = str(out_path)
     else:
         save_grid(images, out_path, model.bins, nrow=nrow)
@@ -85,3 +83,20 @@ def sample(
         "dataset": cfg.data.name,
         "device": str(dev),
     }
+
+
+def _save_individual(pixels, folder: Path, save_png) -> None:
+    """One PNG per sample; if any write fails, the files this call wrote (and a folder it made) go."""
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    written: list[Path] = []
+    try:
+        for i in range(pixels.shape[0]):
+            written.append(folder / f"sample_{i:05d}.png")
+            save_png(pixels[i], written[-1])
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise

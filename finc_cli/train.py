@@ -155,10 +155,14 @@ def create_run_dir(out: Path, fresh: bool) -> None:
     """Create the run directory; drop stale temporary files, and a fresh (--force) run's old files."""
     from finc_cli.atomic import remove_stale_temporaries
 
+    import os
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise RunDirError(f"run directory {out} is not writable")
     for name in RUN_FILES:
         remove_stale_temporaries(out, name)  # left by a process killed mid-write
         if fresh:

@@ -14,7 +14,8 @@ from rich.console import Console
 console = Console()
 err_console = Console(stderr=True)
 
-EXIT_USAGE = 2  # bad input: a one-line error, no traceback
+EXIT_IO = 1  # an I/O failure while running (disk full, permission denied): previous files intact
+EXIT_USAGE = 2  # bad input: a one-line error, no traceback, nothing written
 
 
 def _user_errors() -> tuple:
@@ -36,13 +37,22 @@ def _user_errors() -> tuple:
     return tuple(types)
 
 
+def _io_message(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"{reason}{where}; the previous file was left as it was (free space or fix permissions, then retry)"
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn user-facing exceptions into one line on stderr and exit code 2 (no traceback)."""
+    """Turn user-facing exceptions into one line on stderr: exit 2 for bad input, 1 for I/O failures.
+
+    Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -52,10 +62,8 @@ def handle_errors(fn: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
-        except OSError as exc:
-            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-            reason = exc.strerror or str(exc)
-            fail(f"{reason}{where}; nothing was overwritten (free space or fix permissions, then retry)", 1)
+        except OSError as exc:  # I/O failure mid-run (e.g. ENOSPC): writes are atomic, so nothing is half-written
+            fail(_io_message(exc), EXIT_IO)
         except Exception as exc:  # noqa: BLE001 - filtered below
             if isinstance(exc, _user_errors()) or type(exc) is ValueError:
                 fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -10,9 +10,17 @@ import typer
 from finc_cli import __version__
 from finc_cli.cli.common import console, emit_json, err_console, fail, handle_errors, parse_sets, render_table
 
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 the run failed while writing (disk full, permission denied) or training "
+    "diverged - the previous files are intact; 2 bad input (preset, config key or value, dataset, "
+    "checkpoint, image, output path), one line on stderr, nothing written; 130 / 143 training "
+    "stopped by SIGINT / SIGTERM after saving a resumable last.pt (continue with --resume)."
+)
+
 app = typer.Typer(
     name="finc",
     help="FInC Flow: train, evaluate, sample and invert normalizing flows with fast invertible k×k convolutions.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,7 +90,7 @@ def train_cli(
     from pathlib import Path
 
     from finc_cli.config import load_preset
-    from finc_cli.train import TrainingInterrupted, train
+    from finc_cli.train import TrainingDiverged, TrainingInterrupted, train
 
     overrides = parse_sets(sets)
     flags = {
@@ -97,21 +105,35 @@ def train_cli(
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_preset(preset, overrides)
-    run_dir = Path(out) if out else Path("runs") / cfg.name
+    run_dir = _run_dir(out, resume, cfg.name)
     from finc_cli.cli.progress import RichReporter
 
     reporter = RichReporter(enabled=not quiet and not json_out)
     try:
         summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter)
     except TrainingInterrupted as exc:
-        err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False)
-        raise typer.Exit(130 if exc.signum == 2 else 143)
+        err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM: the shell convention
+    except TrainingDiverged as exc:
+        fail(str(exc), 1)
     if not _is_main_process():
         return
     if json_out:
         emit_json(summary)
     else:
         render_table(f"finc train: {cfg.name}", summary)
+
+
+def _run_dir(out: Optional[str], resume: Optional[str], name: str):
+    """--out, else the directory given to --resume (a run continues in place), else runs/NAME."""
+    from pathlib import Path
+
+    if out:
+        return Path(out)
+    if resume and resume != "auto":
+        path = Path(resume)
+        return path if path.is_dir() or not path.suffix else path.parent
+    return Path("runs") / name
 
 
 def _is_main_process() -> bool:
@@ -199,7 +221,7 @@ def invert_cli(
     backend: BackendOpt = None,
     save_latents: Annotated[Optional[str], typer.Option("--save-latents", help="Write the latents to FILE.")] = None,
     latents: Annotated[Optional[str], typer.Option("--latents", help="Decode latents from FILE instead of encoding.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="With --latents: PNG grid of the decoded images.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG grid of the decoded images.")] = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")] = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -25,12 +25,13 @@ def _progress() -> Progress:
 
 
 class RichReporter:
-    """Training progress: loss and bits/dim, it/s and ETA, on rank 0 only."""
+    """Training progress: loss and bits/dim, it/s and ETA, on rank 0 only; events go to stderr."""
 
     def __init__(self, enabled: bool = True):
         import os
 
-        self.enabled = enabled and os.environ.get("RANK", "0") == "0"
+        self.main = os.environ.get("RANK", "0") == "0"
+        self.enabled = enabled and self.main  # the bar; warnings print even with --quiet / --json
         self.progress: Optional[Progress] = None
         self.task = None
 
@@ -51,9 +52,9 @@ class RichReporter:
         self.progress.update(self.task, completed=step, stats=stats, rate=f"{speed:.1f} it/s" if speed else "")
 
     def log(self, text: str) -> None:
-        if not self.enabled:
-            return
-        (self.progress.console if self.progress else err_console).print(text, highlight=False)
+        """Events (warnings, skipped steps, rollbacks) on stderr, on rank 0, even without a bar."""
+        if self.main:
+            (self.progress.console if self.progress else err_console).print(text, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self.progress is not None:
