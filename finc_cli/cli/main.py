@@ -258,11 +258,12 @@ def _render_invert(result: dict) -> None:
         err_console.print(f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False)
 
 
+from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)
+
+_register_benchmark(app)
+
+
 def main() -> None:
-    try:
-        from finc_cli.cli import benchmark  # noqa: F401  (registers `finc benchmark`)
-    except ImportError:
-        pass
     app()
 
 

@@ -1,0 +1,210 @@
+"""Benchmark tooling on tiny shapes: rows, CLI output, BENCHMARKS.md markers, exponent fit (never timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from finc_cli import bench_report
+from finc_cli import benchmark as bench
+from finc_cli.cli.benchmark import register
+
+TINY = dict(repeats=2, warmup=1, threads=1)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_layer_rows_every_layer_and_backend():
+    rows = bench.layer_rows([(2, 4, 5, 6, 3)], backends=("wavefront", "paper"), **TINY)
+    keys = {"layer", "backend", "B", "C", "H", "W", "k", "dtype", "device", "forward_ms", "inverse_ms", "ratio", "max_err",
+            "forward_q1_ms", "forward_q3_ms", "inverse_q1_ms", "inverse_q3_ms", "repeats"}
+    seen = {(r["layer"], r["backend"]) for r in rows}
+    assert seen == {("finc", "wavefront"), ("finc", "paper"), ("emerging", "raster"), ("cinc", "raster"), ("glow", "lu")}
+    for r in rows:
+        assert keys <= set(r)
+        assert all(_positive(r[k]) for k in ("forward_ms", "inverse_ms", "ratio"))
+        assert r["forward_q1_ms"] <= r["forward_ms"] <= r["forward_q3_ms"]
+        assert r["max_err"] < 1e-4  # proven before timed
+
+
+def test_layer_rows_default_backends_are_the_available_ones():
+    rows = bench.layer_rows([(1, 4, 3, 3, 2)], layers=("finc",), dtypes=("float64",), **TINY)
+    names = {r["backend"] for r in rows}
+    assert {"wavefront", "paper"} <= names and "cupy" not in names
+    assert all(r["dtype"] == "float64" for r in rows)
+
+
+def test_layer_rows_bad_input_is_a_value_error():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        bench.layer_rows([(1, 5, 3, 3, 2)], layers=("finc",), **TINY)
+    with pytest.raises(ValueError, match="unknown layer"):
+        bench.layer_rows([(1, 4, 3, 3, 2)], layers=("nope",), **TINY)
+    with pytest.raises(ValueError, match="dtype"):
+        bench.layer_rows([(1, 4, 3, 3, 2)], dtypes=("float8",), **TINY)
+
+
+def test_model_rows_finc_beside_glow():
+    rows = bench.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
+    assert [(r["model"], r["batch"]) for r in rows] == [("finc", 3), ("glow", 3), ("finc", 1), ("glow", 1)]
+    for r in rows:
+        assert all(_positive(r[k]) for k in ("ft_s", "st_s", "st_over_ft", "st_vs_glow"))
+        assert r["st_over_ft"] == pytest.approx(r["st_s"] / r["ft_s"])
+        assert r["steps"] == 1 and r["hidden"] == 8 and r["params"] > 0
+    assert rows[1]["st_vs_glow"] == 1.0
+
+
+def test_scaling_rows_and_fits():
+    rows = bench.scaling_rows([4, 8], [2, 3], ["wavefront", "paper", "cinc", "emerging"], channels=4, **TINY)
+    assert {(r["backend"], r["k"], r["n"]) for r in rows} == {
+        (b, k, n) for b in ("wavefront", "paper", "cinc", "emerging") for k in (2, 3) for n in (4, 8)
+    }
+    assert all(_positive(r["median_ms"]) and r["max_err"] < 1e-4 for r in rows)
+    fits = bench.fit_exponents(rows)
+    assert len(fits) == 8 and all(math.isfinite(f["exponent"]) and f["points"] == 2 for f in fits)
+
+
+def test_scaling_skips_sizes_predicted_too_slow():
+    rows = bench.scaling_rows([4, 8, 16], [2], ["cinc"], channels=4, max_call_s=0.0, **TINY)
+    assert [r["n"] for r in rows] == [4]
+
+
+def test_fit_exponent_recovers_a_known_power():
+    ns = [8, 16, 32, 64, 128]
+    assert bench.fit_exponent(ns, [3e-4 * n**1.5 for n in ns]) == pytest.approx(1.5)
+    fits = bench.fit_exponents([{"backend": "b", "k": 3, "n": n, "median_ms": 0.1 * n**2 * (1.01 if n == 16 else 1)} for n in ns])
+    assert fits[0]["exponent"] == pytest.approx(2.0, abs=0.01) and fits[0]["exponent_large"] == pytest.approx(2.0)
+    assert math.isnan(bench.fit_exponent([8], [1.0]))
+
+
+def test_time_interleaved_round_robin_and_budget():
+    calls = []
+    variants = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_interleaved(variants, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and all(len(v) == 3 for v in times.values())
+    slow = {"fast": lambda: None, "slow": lambda: __import__("time").sleep(0.02)}
+    times = bench.time_interleaved(slow, repeats=5, warmup=1, budget_s=0.03)
+    assert len(times["fast"]) == 5 and 1 <= len(times["slow"]) < 5
+
+
+def test_environment_records_versions():
+    env = bench.environment("cpu", 2, "float32")
+    assert {"device", "threads", "torch", "cuda", "cupy", "cpu", "dtype", "date"} <= set(env)
+    assert env["threads"] == 2 and env["device"] == "cpu"
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """test root"""
+
+    register(app)
+    return app
+
+
+def test_cli_layer_json_is_one_object(tmp_path):
+    csv_path = tmp_path / "rows.csv"
+    result = CliRunner().invoke(
+        _app(),
+        ["benchmark", "layer", "--shape", "1,4,4,4,2", "--backend", "wavefront", "--repeats", "1", "--warmup", "0",
+         "--threads", "1", "--json", "--csv", str(csv_path)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"env", "rows"} and data["env"]["threads"] == 1
+    assert {r["layer"] for r in data["rows"]} == {"finc", "emerging", "cinc", "glow"}
+    assert csv_path.read_text().splitlines()[0].startswith("layer,backend,B,C,H,W,k")
+
+
+def test_cli_model_and_scaling_render_tables():
+    runner = CliRunner()
+    model = runner.invoke(_app(), ["benchmark", "model", "--preset", "digits", "--batch-size", "2", "--set", "model.steps=1",
+                                   "--set", "model.hidden=8", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    assert model.exit_code == 0, model.output
+    assert "137.04" in model.stdout and "17.19" in model.stdout  # the paper's table is printed beside
+    scaling = runner.invoke(_app(), ["benchmark", "scaling", "-n", "4", "-n", "8", "-k", "2", "--backend", "wavefront",
+                                     "--channels", "4", "--repeats", "1", "--threads", "1", "--json"])
+    assert scaling.exit_code == 0, scaling.output
+    data = json.loads(scaling.stdout)
+    assert len(data["rows"]) == 2 and data["fits"][0]["backend"] == "wavefront"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["layer", "--shape", "1,5,4,4,3"], "divisible by 4"),
+        (["layer", "--shape", "1,4,4"], "five"),
+        (["layer", "--backend", "cupy", "--shape", "1,4,4,4,2"], "CUDA"),
+        (["model", "--preset", "digits", "--set", "model.nope=1"], "unknown config key"),
+        (["scaling", "--backend", "nope"], "unknown backend"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(_app(), ["benchmark", *args, "--threads", "1", "--repeats", "1"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_cli_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, finc_cli.cli.benchmark, finc_cli.bench_report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- BENCHMARKS.md ----------------------------------------------------------------------------
+
+
+def test_replace_section_keeps_surrounding_text():
+    text = "# Title\n\nintro\n\n<!-- bench:unit:start -->\nold table\n<!-- bench:unit:end -->\n\noutro\n"
+    new = bench_report.replace_section(text, "unit", "new table")
+    assert new == text.replace("old table", "new table")
+    assert bench_report.replace_section(new, "unit", "new table") == new  # idempotent
+    added = bench_report.replace_section(new, "model", "model table", "Model")
+    assert added.startswith(new.rstrip("\n")) and added.endswith(
+        "## Model\n\n<!-- bench:model:start -->\nmodel table\n<!-- bench:model:end -->\n")
+    assert bench_report.replace_section(added, "unit", "a $1 \\1 table").count("a $1 \\1 table") == 1
+
+
+def test_update_file_creates_then_updates(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    bench_report.update_file(path, {"unit": "first"})
+    text = path.read_text()
+    assert text.startswith("# Benchmarks") and "first" in text
+    path.write_text(text + "\nhand-written notes\n")
+    bench_report.update_file(path, {"unit": "second"})
+    text = path.read_text()
+    assert "second" in text and "first" not in text and "hand-written notes" in text
+
+
+def test_bench_report_quick_run_writes_every_section(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# mine\n\nkeep me\n")
+    assert bench_report.main(["--update", str(path), "--quick", "--threads", "1"]) == 0
+    text = path.read_text()
+    assert text.startswith("# mine\n\nkeep me\n")
+    for name in bench_report.SECTIONS:
+        assert f"<!-- bench:{name}:start -->" in text and f"<!-- bench:{name}:end -->" in text
+    assert "Reduced depth" in text and "CIFAR-10" in text
+
+
+def test_unit_pivot_marks_targets():
+    rows = [
+        {"B": 1, "C": 12, "H": 64, "W": 64, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 8.0, "ratio": 8.0, "max_err": 1e-7},
+        {"B": 16, "C": 12, "H": 16, "W": 16, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 4.0, "ratio": 4.0, "max_err": 1e-7},
+    ]
+    pivot = bench_report.unit_pivot(rows)
+    assert [(p["target"], p["met"]) for p in pivot] == [(10.0, "yes"), (3.0, "no")]
+    assert "| 1,12,64,64,3 |" in bench_report.markdown_table(bench_report.unit_columns(), pivot)
