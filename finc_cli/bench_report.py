@@ -277,7 +277,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=15, help="Timed calls per layer variant.")
     p.add_argument("--budget", type=float, default=3.0, help="Seconds of timed calls per slow variant, at most.")
     p.add_argument("--preset", default="cifar10")
-    p.add_argument("--model-steps", type=int, default=8, help="K per level for the model table (0: the preset's).")
+    p.add_argument("--model-steps", type=int, default=0, help="K per level for the model table (0: the preset's).")
     p.add_argument("--model-batch-sizes", type=int, nargs="+", default=[100, 1])
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
