@@ -207,23 +207,33 @@ def section_env(env: dict, command: str) -> str:
     return f"Generated {env['date']} by `{command}`.\n\n| key | value |\n|---|---|\n{rows}"
 
 
+def cpu_backends(names: Sequence[str]) -> tuple:
+    """Without a C compiler the native backend is absent: time the others rather than fail."""
+    import torch
+
+    from finc_cli import inverse as inverse_seam
+
+    return tuple(b for b in names if b != "native" or inverse_seam._available("native", torch.device("cpu")))
+
+
 def section_unit(args, env: dict, command: str) -> str:
     from finc_cli import benchmark as bench
 
     t0 = time.perf_counter()
-    rows = bench.layer_rows(args.unit_shapes, ("finc",), UNIT_BACKENDS, threads=args.threads, repeats=args.repeats, warmup=2,
+    backends = cpu_backends(UNIT_BACKENDS)
+    rows = bench.layer_rows(args.unit_shapes, ("finc",), backends, threads=args.threads, repeats=args.repeats, warmup=2,
                             budget_s=args.budget)
-    pivot = unit_pivot(rows)
+    pivot = unit_pivot(rows, backends)
     return (f"{_stamp(env, command, time.perf_counter() - t0)}\n\nMedian ms per call (float32). Target: the faster of "
             "wavefront/native ≤ 3× the forward batched, ≤ 10× at batch 1 (64×64). `paper` is the paper's "
-            "channel-sequential schedule ((H+W−1)·C′ steps).\n\n" + markdown_table(unit_columns(), pivot))
+            "channel-sequential schedule ((H+W−1)·C′ steps).\n\n" + markdown_table(unit_columns(backends), pivot))
 
 
 def section_baselines(args, env: dict, command: str) -> str:
     from finc_cli import benchmark as bench
 
     t0 = time.perf_counter()
-    rows = bench.layer_rows(args.baseline_shapes, bench.LAYERS, UNIT_BACKENDS, threads=args.threads, repeats=args.repeats,
+    rows = bench.layer_rows(args.baseline_shapes, bench.LAYERS, cpu_backends(UNIT_BACKENDS), threads=args.threads, repeats=args.repeats,
                             warmup=2, budget_s=args.budget)
     rows = with_speedups(rows)
     seq = [r for r in rows if r["layer"] in bench.SEQUENTIAL and r.get("vs_wavefront") is not None]
@@ -239,7 +249,7 @@ def section_model(args, env: dict, command: str) -> str:
 
     t0 = time.perf_counter()
     overrides = {"model.steps": args.model_steps} if args.model_steps else {}
-    rows = bench.model_rows(args.preset, overrides, args.model_batch_sizes, ("native", "wavefront"), threads=args.threads,
+    rows = bench.model_rows(args.preset, overrides, args.model_batch_sizes, cpu_backends(("native", "wavefront")), threads=args.threads,
                             repeats=args.model_repeats, warmup=1)
     depth = rows[0]["steps"] if rows else args.model_steps
     from finc_cli.config import load_preset

@@ -140,11 +140,20 @@ def test_damaged_cache_entry_is_rebuilt(fresh_native, monkeypatch, tmp_path):
     assert (native.native_inverse(y, weight, linv) - x).abs().max() < 1e-10
 
 
-def test_bench_rows_smoke():
-    from finc_cli.bench_inverse import inverse_ratio_rows, render_table
+def test_unit_ratio_rows_smoke():
+    """The unit-ratio measurement (`finc benchmark layer`, BENCHMARKS.md section "unit") runs native beside the wavefront."""
+    import math
 
-    rows = inverse_ratio_rows(shapes=[(2, 8, 5, 6, 3)], repeats=2, warmup=1, backends=("wavefront", "native", "cupy"))
-    (row,) = rows
-    assert row["forward_ms"] > 0 and row["wavefront_ratio"] > 0 and row["cupy_ms"] is None
-    assert (row["native_ms"] is not None) == native.is_available("cpu")
-    assert "(2,8,5,6,3)" in render_table(rows, ("wavefront", "native", "cupy"))
+    from finc_cli import bench_report
+    from finc_cli import benchmark as bench
+
+    backends = ("wavefront", "native") if native.is_available("cpu") else ("wavefront",)
+    rows = bench.layer_rows([(2, 8, 5, 6, 3)], layers=("finc",), backends=backends, repeats=2, warmup=1, threads=1)
+    assert [r["backend"] for r in rows] == list(backends)
+    for r in rows:
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("forward_ms", "inverse_ms", "ratio"))
+        assert r["max_err"] < 1e-4  # proven before timed
+    (row,) = bench_report.unit_pivot(rows)
+    assert row["wavefront_ratio"] > 0 and "cupy_ms" not in row
+    assert ("native_ms" in row) == native.is_available("cpu")
+    assert "| 2,8,5,6,3 |" in bench_report.markdown_table(bench_report.unit_columns(), [row])

@@ -24,6 +24,7 @@ class DType(str, Enum):
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Floating point type.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="torch.set_num_threads (CPU).")]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per variant.")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per variant first.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help='Print one JSON object {"env":..., "rows":[...]}.')]
 CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="Also write the rows to this CSV file.")]
@@ -72,6 +73,13 @@ def _rich_table(title: str, columns: list, rows: list[dict]):
     return table
 
 
+def _environment(rows: list[dict], device: str, threads: int, dtype: DType) -> dict:
+    """Where the rows were measured: the device they ran on ("auto" resolved), else the one asked for."""
+    from finc_cli.bench_timing import environment
+
+    return environment(rows[0]["device"] if rows else device, threads, dtype.value)
+
+
 def _print_env(env: dict) -> None:
     keys = ("device", "gpu", "cpu", "threads", "dtype", "torch", "cuda", "cupy")
     console.print(", ".join(f"{k}={env[k]}" for k in keys if env.get(k) is not None), highlight=False)
@@ -86,7 +94,7 @@ def layer_cli(
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     threads: ThreadsOpt = 2,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per variant.")] = 20,
+    repeats: RepeatsOpt = 20,
     warmup: WarmupOpt = 2,
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
@@ -96,7 +104,7 @@ def layer_cli(
 
     parsed = [_parse_shape(s) for s in shapes] if shapes else [(16, 12, 32, 32, 3)]
     rows = bench.layer_rows(parsed, layers or bench.LAYERS, backends, (dtype.value,), (device,), repeats, warmup, threads)
-    env = bench.environment(rows[0]["device"] if rows else device, threads, dtype.value)
+    env = _environment(rows, device, threads, dtype)
     if not _output(env, rows, json_out, csv_path):
         _print_env(env)
         from finc_cli.bench_report import COLUMNS
@@ -116,7 +124,7 @@ def model_cli(
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     threads: ThreadsOpt = 2,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per variant.")] = 3,
+    repeats: RepeatsOpt = 3,
     warmup: WarmupOpt = 1,
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
@@ -126,7 +134,7 @@ def model_cli(
 
     rows = bench.model_rows(preset, parse_sets(sets), batch_sizes or [100], backends or ["auto"], device, dtype.value,
                             repeats, warmup, threads, temperature, not no_glow)
-    env = bench.environment(rows[0]["device"] if rows else device, threads, dtype.value)
+    env = _environment(rows, device, threads, dtype)
     paper = bench.paper_rows()
     if _output(env, rows, json_out, csv_path, {"paper": paper}):
         return
@@ -162,7 +170,7 @@ def scaling_cli(
     rows = bench.scaling_rows(sizes or (8, 16, 32, 64, 128), kernel_sizes or (2, 3, 5, 7), backends, batch_size, channels,
                               device, dtype.value, repeats, warmup, threads, max_call_s=max_call_s)
     fits = bench.fit_exponents(rows)
-    env = bench.environment(rows[0]["device"] if rows else device, threads, dtype.value)
+    env = _environment(rows, device, threads, dtype)
     if _output(env, rows, json_out, csv_path, {"fits": fits}):
         return
     from finc_cli.bench_report import scaling_columns, scaling_pivot

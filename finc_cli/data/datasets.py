@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,9 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-
-class DatasetError(ValueError):
-    """A dataset is unknown, missing or malformed; the message is one line meant for users."""
+from finc_cli.data.augment import Augment
+from finc_cli.data.errors import DatasetError
+from finc_cli.data.safe_pickle import load_pickle
 
 
 @dataclass(frozen=True)
@@ -112,45 +110,6 @@ class CelebAImages(Dataset):
         img = img.resize((self.size, self.size), Image.BILINEAR)
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()  # (H,W,C)->(C,H,W)
         return self.transform(x) if self.transform is not None else x
-
-
-class Augment:
-    """Random horizontal flip and random translation by up to `translate` pixels, per image.
-
-    Translation pads by reflection and crops (an exact integer shift): reflection rather than zeros
-    so the model is never taught black borders that test images do not have. Works on (C, H, W) or
-    a batch (B, C, H, W) of uint8 with torch's global RNG.
-    """
-
-    def __init__(self, hflip: bool = False, translate: int = 0):
-        if translate < 0:
-            raise DatasetError(f"translate must be >= 0, got {translate}")
-        self.hflip, self.translate = hflip, int(translate)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            return self(x.unsqueeze(0)).squeeze(0)
-        b, c, h, w = x.shape
-        t = self.translate
-        if t >= min(h, w):
-            raise DatasetError(f"translate={t} must be smaller than the image size {h}x{w}")
-        rows = self._indices(b, h, t, flip=False)  # (B, H)
-        cols = self._indices(b, w, t, flip=self.hflip)  # (B, W)
-        x = x.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # pick columns: (B, C, H, W)
-        return x.gather(2, rows[:, None, :, None].expand(b, c, h, w))  # pick rows: (B, C, H, W)
-
-    @staticmethod
-    def _indices(b: int, n: int, t: int, flip: bool) -> torch.Tensor:
-        """Source index per output position (B, n): a shift by U{-t..t} with reflection, maybe flipped."""
-        idx = torch.arange(n).expand(b, n)
-        if t > 0:
-            shift = torch.randint(-t, t + 1, (b, 1))
-            idx = (idx - shift).abs()  # reflect at 0 ...
-            idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)  # ... and at n - 1
-        if flip:
-            flipped = torch.rand(b, 1) < 0.5
-            idx = torch.where(flipped, idx.flip(1), idx)
-        return idx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,50 +229,7 @@ def _read_idx_images(path: Path, height: int, width: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# pickled batches (CIFAR-10, downsampled ImageNet): foreign files, so unpickle only numpy arrays
-
-
-def _frombuffer(buf: object, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
-    """numpy's own protocol-5 array rebuild, restated so that nothing else from its module is reachable."""
-    if np.dtype(dtype).hasobject:
-        raise pickle.UnpicklingError("refusing an object array")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
-
-
-def _numpy_globals() -> dict[tuple[str, str], object]:
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for core in ("numpy.core", "numpy._core"):  # pickles name the numpy 1 or numpy 2 module path
-        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # pickle protocol 5
-    allowed[("_codecs", "encode")] = codecs.encode  # bytes pickled by Python 3 at protocol 2
-    return allowed
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Refuses every global except what numpy arrays need to rebuild (no arbitrary code)."""
-
-    _allowed = _numpy_globals()
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in self._allowed:
-            return self._allowed[(module, name)]
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
-def _load_pickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except Exception as e:  # anything from a corrupt or hostile file: report it, never a traceback
-        raise DatasetError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path} holds a {type(obj).__name__}, expected a dict with key 'data'")
-    return obj
+# pickled batches (CIFAR-10, downsampled ImageNet): foreign files, unpickled by safe_pickle
 
 
 def _images_from_rows(data: object, path: Path, size: int) -> np.ndarray:
@@ -341,7 +257,7 @@ def _batch_images(path: Path, size: int) -> np.ndarray:
         except Exception as e:
             raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     else:
-        batch = _load_pickle(path)
+        batch = load_pickle(path)
         key = b"data" if b"data" in batch else "data"
         if key not in batch:
             raise DatasetError(f"{path} has keys {sorted(map(repr, batch))}, expected 'data'")

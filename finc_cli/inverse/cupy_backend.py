@@ -173,6 +173,12 @@ def _check(y: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor], l
         raise InverseBackendError("the cupy inverse backend needs C/4·H·W < 2^31 per image; use backend 'wavefront'")
 
 
+def _checked_output(y: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor], linv: Optional[torch.Tensor]):
+    """The tensor x is written to (`out`, else a new one like y), once every operand has passed `_check`."""
+    _check(y, weight, out, linv)
+    return torch.empty_like(y) if out is None else out
+
+
 class _Launch:
     """Device, stream and DLPack views for one call (the kernels run on PyTorch's current stream)."""
 
@@ -205,8 +211,7 @@ def cupy_inverse(
     """
     cupy = _require(y)
     y, weight, linv = (t.detach().contiguous() for t in (y, weight, linv))  # DLPack refuses grad tensors
-    _check(y, weight, out, linv)
-    x = torch.empty_like(y) if out is None else out
+    x = _checked_output(y, weight, out, linv)
     B, _, H, W = y.shape
     _, cg, _, k, _ = weight.shape
     if x.numel() == 0:
@@ -248,8 +253,7 @@ def cupy_inverse_paper_schedule(
     del linv  # the paper substitutes channel by channel with the centre taps themselves
     cupy = _require(y)
     y, weight = y.detach().contiguous(), weight.detach().contiguous()
-    _check(y, weight, out, None)
-    x = torch.empty_like(y) if out is None else out
+    x = _checked_output(y, weight, out, None)
     B, _, H, W = y.shape
     _, cg, _, k, _ = weight.shape
     if x.numel() == 0:
