@@ -132,7 +132,7 @@ def invert(
         source = f"{len(images)} image file(s)"
     else:
         from finc_cli.data.datasets import get_dataset
-        from finc_cli.train import fetch
+        from finc_cli.train_step import fetch
 
         ds = get_dataset(cfg.data.name, split, data_dir or cfg.data.data_dir)
         x = fetch(ds, torch.arange(min(limit, len(ds))))

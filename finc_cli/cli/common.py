@@ -26,7 +26,7 @@ def _user_errors() -> tuple:
     types: list = [CheckpointError, ConfigError]
     for module, name in (
         ("finc_cli.data.errors", "DatasetError"),
-        ("finc_cli.train", "RunDirError"),
+        ("finc_cli.run_dir", "RunDirError"),
         ("finc_cli.sample", "OutputError"),
         ("finc_cli.invert", "ImageInputError"),
         ("finc_cli.inverse", "InverseBackendError"),

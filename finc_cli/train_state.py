@@ -1,0 +1,85 @@
+"""What a training checkpoint holds beyond the weights: step counters, optimizer and RNG state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from finc_cli.config import Config
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val_bpd: float = math.inf
+    bad_steps: int = 0  # consecutive non-finite steps
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # lowered after each rollback
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer's bytes: equal digests mean bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def params_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config) -> dict:
+    return {
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "train_state": {
+            "step": state.step,
+            "best_val_bpd": state.best_val_bpd,
+            "bad_steps": state.bad_steps,
+            "rollbacks": state.rollbacks,
+            "lr_scale": state.lr_scale,
+        },
+        "rng": rng_state(),
+    }
+
+
+def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
+    """Load weights, optimizer, step counters and RNG from a checkpoint; a mismatch is a CheckpointError."""
+    from finc_cli.checkpoint import CheckpointError, load_weights
+
+    load_weights(model, data["model"], path)
+    try:
+        if "optimizer" in data:
+            optimizer.load_state_dict(data["optimizer"])
+        ts = data.get("train_state", {})
+        state.step = int(ts.get("step", 0))
+        state.best_val_bpd = float(ts.get("best_val_bpd", math.inf))
+        state.bad_steps = int(ts.get("bad_steps", 0))
+        state.rollbacks = int(ts.get("rollbacks", 0))
+        state.lr_scale = float(ts.get("lr_scale", 1.0))
+        if "rng" in data:
+            set_rng_state(data["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: its optimizer or training state does not fit this run ({detail})") from None
