@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -76,6 +77,19 @@ def gather_values(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     torch.distributed.all_gather_object(gathered, values.tolist())
     merged = torch.tensor([v for part in gathered for v in part], dtype=torch.float64)
     return merged, merged.numel()
+
+
+def max_over_ranks(value: Optional[int], device: torch.device) -> Optional[int]:
+    """The largest non-None value over ranks (None when every rank has None).
+
+    One small tensor all-reduce: cheap enough to run every training step, unlike pickling an
+    object for broadcast_object.
+    """
+    if not active():
+        return value
+    t = torch.tensor([0 if value is None else int(value)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item()) or None
 
 
 def broadcast_object(obj, src: int = 0):

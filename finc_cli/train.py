@@ -237,8 +237,8 @@ class Trainer:
         self.running, self.last_log = [], now
 
     def _stop_if_signalled(self, signals: _Signals, saved: bool) -> None:
-        """A signal on rank 0 stops every rank at this step, with last.pt written for --resume."""
-        stop = dist_utils.broadcast_object(signals.received)
+        """A signal on any rank stops every rank at this step, with last.pt written for --resume."""
+        stop = dist_utils.max_over_ranks(signals.received, self.device)
         if stop is not None:
             if not saved:
                 self._save("last.pt")

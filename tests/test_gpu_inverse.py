@@ -9,6 +9,7 @@ from finc_cli import inverse as seam
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
+from finc_problems import random_finc_problem
 
 
 def _gpu_ready() -> bool:
@@ -42,11 +43,7 @@ PATHS = ["auto", "tile", "ring", "diagonal"]
 
 def _problem(B, cg, H, W, k, dtype, seed=0, scale=0.1):
     """(y, weight, linv, x_true) on the GPU, y = finc_conv2d(x_true) computed in float64."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(4, cg, cg, k, k, generator=g, dtype=torch.float64) * scale
-    w[:, :, :, k - 1, k - 1] = torch.tril(w[:, :, :, k - 1, k - 1], -1) + torch.eye(cg, dtype=torch.float64)
-    x = torch.randn(B, 4 * cg, H, W, generator=g, dtype=torch.float64)
-    y = finc_conv2d(x, w)
+    x, y, w = random_finc_problem(B, cg, H, W, k, std=scale, seed=seed)
     w, y = w.to(dtype).cuda(), y.to(dtype).cuda()
     return y, w, seam.centre_inverse(w), x.to(dtype).cuda()
 

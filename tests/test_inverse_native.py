@@ -8,6 +8,7 @@ from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
 from finc_cli.inverse import native
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
+from finc_problems import random_finc_problem
 
 needs_compiler = pytest.mark.skipif(not native.is_available("cpu"), reason="no working C compiler")
 
@@ -24,12 +25,8 @@ SHAPES = [  # (B, C', H, W, k): odd sizes, H != W, every k in {1, 2, 3, 5}
 
 def _problem(B, Cg, H, W, k, std=0.3, seed=0):
     """(x, y, weight, linv) in float64 with weights far from init: off-centre and below-diagonal std `std`."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(4, Cg, Cg, k, k, generator=g, dtype=torch.float64) * std
-    centre = weight[:, :, :, k - 1, k - 1]
-    weight[:, :, :, k - 1, k - 1] = torch.tril(centre, diagonal=-1) + torch.eye(Cg, dtype=torch.float64)
-    x = torch.randn(B, 4 * Cg, H, W, generator=g, dtype=torch.float64)
-    return x, finc_conv2d(x, weight), weight, inverse.centre_inverse(weight)
+    x, y, weight = random_finc_problem(B, Cg, H, W, k, std=std, seed=seed)
+    return x, y, weight, inverse.centre_inverse(weight)
 
 
 def _dense_solve(y, weight):

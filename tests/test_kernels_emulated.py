@@ -27,11 +27,11 @@ import torch
 from emu.emulator import EmulationError, Emulator, Launch, compiler
 from emu.fake_cupy import FakeCupy
 from finc_cli import inverse as seam
-from finc_cli.flows.finc_conv import finc_conv2d
 from finc_cli.inverse import cupy_backend as cb
 from finc_cli.inverse import kernel_source as ks
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
+from finc_problems import random_finc_problem
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is not on PATH (the CUDA emulation compiles with it)")
 
@@ -81,11 +81,8 @@ def emulator(tmp_path_factory) -> Emulator:
 @lru_cache(maxsize=None)
 def _problem(ctype: str, k: int, cg: int, B: int, H: int, W: int, seed: int = 0):
     """(y, weight, linv) with y = finc_conv2d(x) computed in float64, then cast to the C type."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(4, cg, cg, k, k, generator=g, dtype=torch.float64) * 0.1
-    w[:, :, :, k - 1, k - 1] = torch.tril(w[:, :, :, k - 1, k - 1], -1) + torch.eye(cg, dtype=torch.float64)
-    x = torch.randn(B, 4 * cg, H, W, generator=g, dtype=torch.float64)
-    y, w = finc_conv2d(x, w).to(DTYPES[ctype]), w.to(DTYPES[ctype])
+    _, y, w = random_finc_problem(B, cg, H, W, k, std=0.1, seed=seed)
+    y, w = y.to(DTYPES[ctype]), w.to(DTYPES[ctype])
     return y, w, seam.centre_inverse(w)
 
 
