@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # CPU benchmarks; regenerates the tables in BENCHMARKS.md.
 bench: $(STAMP)
-	$(BIN)/python -m finc_cli.bench_report --update BENCHMARKS.md
+	$(BIN)/python -m finc_cli.bench.report --update BENCHMARKS.md
 
 # Compile every CUDA kernel with NVRTC (no GPU needed) and print registers and spills.
 kernels: $(STAMP)
@@ -32,7 +32,7 @@ kernels: $(STAMP)
 
 # On a GPU machine, from the source tree, with its own preinstalled torch and cupy: no install.
 gpu-check:
-	PYTHONPATH=. $(PY) -m finc_cli.gpu_check --out gpu_check.json
+	PYTHONPATH=. $(PY) -m finc_cli.bench.gpu_check --out gpu_check.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,6 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
+from finc_cli.errors import OutputError
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_file",
+    "remove_stale_temporaries",
+]
+
 TMP_SUFFIX = ".tmp"  # temporary files are named .NAME.<random>.tmp beside their target
 
 
@@ -78,3 +88,15 @@ def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
 
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before any work if `path` cannot be written: a missing or unwritable folder, a directory."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a directory; give a .png file (or use --individual)")

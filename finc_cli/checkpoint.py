@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from finc_cli.errors import CheckpointError, ConfigError
+
 FORMAT = "finc-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message is one line naming the file and the problem."""
 
 
 def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> None:
@@ -75,7 +73,7 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 
 
 def config_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoint"):
-    from finc_cli.config import ConfigError, config_from_dict
+    from finc_cli.config import config_from_dict
 
     try:
         return config_from_dict(data["config"])

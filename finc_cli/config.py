@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
+from finc_cli.errors import ConfigError
+
+
 def _find_dir(name: str) -> Path:
     """A data folder shipped beside the package (source checkout) or inside it (wheel)."""
     here = Path(__file__).resolve().parent
@@ -19,10 +22,6 @@ def _find_dir(name: str) -> Path:
 
 
 PRESET_DIR = _find_dir("presets")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message is one line naming the fix."""
 
 
 @dataclass

@@ -1,6 +1,10 @@
-"""Device resolution and seeding shared by every command."""
+"""Device resolution shared by every command."""
 
 from __future__ import annotations
+
+from finc_cli.errors import InputError
+
+__all__ = ["resolve_device"]
 
 
 def resolve_device(name: str = "auto"):
@@ -10,8 +14,8 @@ def resolve_device(name: str = "auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None

@@ -9,7 +9,9 @@ from typing import Callable, Optional
 import torch
 
 from finc_cli import distributed as dist_utils
-from finc_cli.train_step import fetch
+from finc_cli.data.batches import fetch
+
+__all__ = ["evaluate", "evaluate_bpd"]
 
 
 def evaluate(
@@ -56,7 +58,7 @@ def evaluate_bpd(model, ds, batch_size: int, device, seed: int = 1234, progress:
         x = fetch(ds, idx).to(device)
         # Noise seeded by the batch's first image index: repeatable for a given batch size and process count.
         g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))
-        values.append(model.nll_bits_per_dim(x, generator=g).double().cpu())
+        values.append(model(x, generator=g).double().cpu())
         if progress is not None:
             progress(len(idx))
     model.train(was_training)

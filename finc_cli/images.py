@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
+
+from finc_cli.errors import ImageInputError
+
+__all__ = ["load_images", "make_grid", "save_grid", "save_png", "to_uint8_255"]
 
 
 def to_uint8_255(images, bins: int):
@@ -56,3 +60,31 @@ def save_grid(images, path: Union[str, os.PathLike], bins: int, nrow: Optional[i
     imgs = to_uint8_255(images, bins)
     scale = max(1, 32 // imgs.shape[-1])  # 8x8 digits become visible
     save_png(make_grid(imgs, nrow), Path(path), scale=scale)
+
+
+def load_images(paths: Sequence[str], channels: int, height: int, width: int, bins: int):
+    """PNG/JPEG files -> uint8 (N, C, H, W) with values in [0, bins-1] (inverse of the grid scaling)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB"}[channels]
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.load()
+                if img.mode != mode:
+                    raise ImageInputError(f"{p} is a {img.mode} image but the model expects {mode} ({channels} channel{'s' if channels > 1 else ''})")
+                if img.size != (width, height):
+                    raise ImageInputError(f"{p} is {img.size[0]}×{img.size[1]} but the model expects {width}×{height}; resize it first")
+                arr = np.asarray(img, dtype=np.float64)
+        except FileNotFoundError:
+            raise ImageInputError(f"image {p} does not exist") from None
+        except (UnidentifiedImageError, OSError):
+            raise ImageInputError(f"{p} is not a readable image file") from None
+        arr = arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
+        if bins != 256:
+            arr = np.round(arr * (bins - 1) / 255.0)
+        images.append(torch.from_numpy(arr.astype(np.uint8)).permute(2, 0, 1))  # (C, H, W)
+    return torch.stack(images)

@@ -1,4 +1,4 @@
-"""FlowModel: the multi-scale FInC Flow (Glow structure with a FInC unit per step; DESIGN §3)."""
+"""FlowModel: the multi-scale FInC Flow (Glow structure with a FInC unit per step; docs/model.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
+from finc_cli.errors import ConfigError
 from finc_cli.losses import bits_per_dim
+
+__all__ = ["FlowModel", "build_model", "check_architecture", "level_channels"]
 
 
 def _twos(n: int) -> int:
@@ -29,20 +32,20 @@ def _twos(n: int) -> int:
 
 
 def check_architecture(image_shape: Sequence[int], cfg: ModelConfig, name: Optional[str] = None) -> None:
-    """Raise ValueError (one line) unless H, W halve `levels` times and every FInC unit gets C % 4 == 0."""
+    """Raise ConfigError (one line) unless H, W halve `levels` times and every FInC unit gets C % 4 == 0."""
     c, h, w = image_shape
     what = f"{name} {h}×{w}" if name else f"image {c}×{h}×{w}"
     max_levels = min(_twos(h), _twos(w))
     if cfg.levels > max_levels:
         if max_levels == 0:
-            raise ValueError(f"{what} cannot be squeezed: H and W must be even (model.levels={cfg.levels})")
-        raise ValueError(
+            raise ConfigError(f"{what} cannot be squeezed: H and W must be even (model.levels={cfg.levels})")
+        raise ConfigError(
             f"{what} allows at most {max_levels} levels (H and W must be divisible by 2^levels), "
             f"got model.levels={cfg.levels}"
         )
     for level, channels in enumerate(level_channels(c, cfg.levels), start=1):
         if cfg.finc and channels % 4:
-            raise ValueError(f"level {level} has {channels} channels; the FInC unit needs a multiple of 4")
+            raise ConfigError(f"level {level} has {channels} channels; the FInC unit needs a multiple of 4")
 
 
 def level_channels(channels: int, levels: int) -> list[int]:
@@ -138,7 +141,11 @@ class FlowModel(nn.Module):
             if isinstance(m, AffineCoupling):
                 m.autocast_dtype = dtype
 
-    def _dequantize(self, x: torch.Tensor, noise: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def dequantize(self, x: torch.Tensor, noise: str = "uniform", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Integer images (B, C, H, W) -> v = (x + u) / bins on the model's device and dtype.
+
+        noise='uniform': u ~ U[0, 1) from `generator`; 'center': u = 1/2 (deterministic, for encoding).
+        """
         p = self._param()
         return dequantize(x.to(p.device), self.bins, generator=generator, noise=noise, dtype=p.dtype)
 
@@ -160,36 +167,41 @@ class FlowModel(nn.Module):
         return latents, log_p + gaussian_log_prob(h)
 
     def latents_to_v(self, latents: Sequence[Optional[torch.Tensor]], temperature: float = 1.0,
-                     generator: Optional[torch.Generator] = None, backend: Optional[str] = None) -> torch.Tensor:
-        """Invert v_to_latents; a None split latent is sampled from its prior at `temperature`."""
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Invert v_to_latents; a None split latent is sampled from its prior at `temperature`.
+
+        The FInC inverses run on the backend `finc_cli.inverse.use_backend` selects (docs/inverse.md §5).
+        """
         h = latents[-1]
         for i in reversed(range(len(self.levels))):
             level = self.levels[i]
             if level.split is not None:
                 h = level.split.inverse(h, latents[i], temperature=temperature, generator=generator)
-            h, _ = level.steps.inverse(h, backend=backend)
+            h, _ = level.steps.inverse(h)
             h, _ = level.squeeze.inverse(h)  # (B, C, 2H, 2W)
         v, _ = self.preprocess.inverse(h)
         return v
 
     # -- densities ----------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B,) bits/dim of integer images x with fresh uniform dequantization (the training loss)."""
-        return self.nll_bits_per_dim(x, generator=generator)
+    def forward(
+        self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """(B,) bits/dim of integer images x (B, C, H, W) in [0, bins-1]: the one loss of training,
+        evaluation and benchmarks.
 
-    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """(B,) log-density of the bin-scaled dequantized image v."""
-        return self.v_to_latents(v)[1]
-
-    def nll_bits_per_dim(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B,) bits/dim of integer images x in [0, bins-1] with fresh uniform dequantization noise."""
-        v = self._dequantize(x, "uniform", generator)
+        The dequantization noise u ∈ [0, 1) is `noise` when given (training passes the noise of its
+        step, on x's device), else drawn uniformly from `generator`.
+        """
+        if noise is None:
+            v = self.dequantize(x, "uniform", generator)
+        else:
+            v = (x.to(noise.dtype) + noise) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
         return bits_per_dim(-self.log_prob(v), self.num_dims, self.bins)
 
-    def bits_per_dim(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B,) bits/dim; the public name of nll_bits_per_dim."""
-        return self.nll_bits_per_dim(x, generator=generator)
+    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """(B,) log-density of the bin-scaled dequantized image v (what `forward` turns into bits/dim)."""
+        return self.v_to_latents(v)[1]
 
     # -- encode / decode / sample -------------------------------------------------------------
 
@@ -197,25 +209,24 @@ class FlowModel(nn.Module):
     def encode(self, x: torch.Tensor, noise: str = "center", generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
         """Integer images -> latents (every split z, then the final z); deterministic by default."""
         with _eval_mode(self):
-            return self.v_to_latents(self._dequantize(x, noise, generator))[0]
+            return self.v_to_latents(self.dequantize(x, noise, generator))[0]
 
     @torch.no_grad()
-    def decode(self, latents: Sequence[torch.Tensor], backend: Optional[str] = None) -> torch.Tensor:
+    def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
         """Latents -> uint8 images (B, C, H, W); decode(encode(x)) == x."""
-        return quantize(self.latents_to_v(list(latents), backend=backend), self.bins)
+        return quantize(self.latents_to_v(list(latents)), self.bins)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None,
-               backend: Optional[str] = None) -> torch.Tensor:
+    def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n uint8 images (n, C, H, W) with z ~ N(0, T²) at every level (split means included)."""
         top = standard_normal((n, *self.latent_shapes()[-1]), self._param(), generator) * temperature
         latents = [None] * (len(self.levels) - 1) + [top]
-        return quantize(self.latents_to_v(latents, temperature, generator, backend), self.bins)
+        return quantize(self.latents_to_v(latents, temperature, generator), self.bins)
 
     # -- health and init ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def reconstruction_report(self, x: torch.Tensor, backend: Optional[str] = None) -> list[dict]:
+    def reconstruction_report(self, x: torch.Tensor) -> list[dict]:
         """Per FInC unit: invert the unit alone on its recorded output of a forward pass of x."""
         units = self.finc_units()
         records: dict = {}
@@ -226,14 +237,14 @@ class FlowModel(nn.Module):
         hooks = [m.register_forward_hook(record(name)) for name, m in units]
         try:
             with _eval_mode(self):
-                self.v_to_latents(self._dequantize(x, "center"))
+                self.v_to_latents(self.dequantize(x, "center"))
         finally:
             for hook in hooks:
                 hook.remove()
         report = []
         for name, unit in units:
             x_in, y_out = records[name]
-            err = (unit.inverse(y_out, backend=backend)[0] - x_in).abs()
+            err = (unit.inverse(y_out)[0] - x_in).abs()
             report.append({"layer": name, "max_abs_err": err.max().item(), "mean_abs_err": err.mean().item()})
         return report
 
@@ -243,7 +254,7 @@ class FlowModel(nn.Module):
         was_training = self.training
         self.train()
         try:
-            self.log_prob(self._dequantize(x, "uniform", generator))
+            self.log_prob(self.dequantize(x, "uniform", generator))
         finally:
             self.train(was_training)
 

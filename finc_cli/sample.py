@@ -7,23 +7,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from finc_cli.atomic import check_output_file
+from finc_cli.errors import InputError, OutputError
 
-class OutputError(ValueError):
-    """An output path cannot be written; one line naming the path and the fix."""
-
-
-def check_output_file(path: Path) -> None:
-    """Fail before any work if `path` cannot be written: a missing or unwritable folder, a directory."""
-    import os
-
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output directory {parent} is not writable")
-    if path.is_dir():
-        raise OutputError(f"--out {path} is a directory; give a .png file (or use --individual)")
+__all__ = ["sample"]
 
 
 def sample(
@@ -43,11 +30,12 @@ def sample(
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.device import resolve_device
     from finc_cli.images import save_grid, save_png, to_uint8_255
+    from finc_cli.inverse import use_backend
 
     if n < 1:
-        raise ValueError(f"-n must be at least 1, got {n}")
+        raise InputError(f"-n must be at least 1, got {n}")
     if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
+        raise InputError(f"--temperature must be a finite number > 0, got {temperature}")
     out_path = Path(out)
     if individual:
         if out_path.exists() and not out_path.is_dir():
@@ -62,8 +50,8 @@ def sample(
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        images = model.sample(n, temperature=temperature, generator=g, backend=backend)
+    with torch.no_grad(), use_backend(backend):
+        images = model.sample(n, temperature=temperature, generator=g)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

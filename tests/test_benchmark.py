@@ -9,8 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from finc_cli import bench_report
-from finc_cli import benchmark as bench
+from finc_cli.bench import layer, model, report, scaling, tables, timing
 from finc_cli.cli.benchmark import register
 
 TINY = dict(repeats=2, warmup=1, threads=1)
@@ -21,7 +20,7 @@ def _positive(value) -> bool:
 
 
 def test_layer_rows_every_layer_and_backend():
-    rows = bench.layer_rows([(2, 4, 5, 6, 3)], backends=("wavefront", "paper"), **TINY)
+    rows = layer.layer_rows([(2, 4, 5, 6, 3)], backends=("wavefront", "paper"), **TINY)
     keys = {"layer", "backend", "B", "C", "H", "W", "k", "dtype", "device", "forward_ms", "inverse_ms", "ratio", "max_err",
             "forward_q1_ms", "forward_q3_ms", "inverse_q1_ms", "inverse_q3_ms", "repeats"}
     seen = {(r["layer"], r["backend"]) for r in rows}
@@ -34,7 +33,7 @@ def test_layer_rows_every_layer_and_backend():
 
 
 def test_layer_rows_default_backends_are_the_available_ones():
-    rows = bench.layer_rows([(1, 4, 3, 3, 2)], layers=("finc",), dtypes=("float64",), **TINY)
+    rows = layer.layer_rows([(1, 4, 3, 3, 2)], layers=("finc",), dtypes=("float64",), **TINY)
     names = {r["backend"] for r in rows}
     assert {"wavefront", "paper"} <= names and "cupy" not in names
     assert all(r["dtype"] == "float64" for r in rows)
@@ -42,15 +41,15 @@ def test_layer_rows_default_backends_are_the_available_ones():
 
 def test_layer_rows_bad_input_is_a_value_error():
     with pytest.raises(ValueError, match="divisible by 4"):
-        bench.layer_rows([(1, 5, 3, 3, 2)], layers=("finc",), **TINY)
+        layer.layer_rows([(1, 5, 3, 3, 2)], layers=("finc",), **TINY)
     with pytest.raises(ValueError, match="unknown layer"):
-        bench.layer_rows([(1, 4, 3, 3, 2)], layers=("nope",), **TINY)
+        layer.layer_rows([(1, 4, 3, 3, 2)], layers=("nope",), **TINY)
     with pytest.raises(ValueError, match="dtype"):
-        bench.layer_rows([(1, 4, 3, 3, 2)], dtypes=("float8",), **TINY)
+        layer.layer_rows([(1, 4, 3, 3, 2)], dtypes=("float8",), **TINY)
 
 
 def test_model_rows_finc_beside_glow():
-    rows = bench.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
+    rows = model.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
     assert [(r["model"], r["batch"]) for r in rows] == [("finc", 3), ("glow", 3), ("finc", 1), ("glow", 1)]
     for r in rows:
         assert all(_positive(r[k]) for k in ("ft_s", "st_s", "st_over_ft", "st_vs_glow"))
@@ -60,40 +59,40 @@ def test_model_rows_finc_beside_glow():
 
 
 def test_scaling_rows_and_fits():
-    rows = bench.scaling_rows([4, 8], [2, 3], ["wavefront", "paper", "cinc", "emerging"], channels=4, **TINY)
+    rows = scaling.scaling_rows([4, 8], [2, 3], ["wavefront", "paper", "cinc", "emerging"], channels=4, **TINY)
     assert {(r["backend"], r["k"], r["n"]) for r in rows} == {
         (b, k, n) for b in ("wavefront", "paper", "cinc", "emerging") for k in (2, 3) for n in (4, 8)
     }
     assert all(_positive(r["median_ms"]) and r["max_err"] < 1e-4 for r in rows)
-    fits = bench.fit_exponents(rows)
+    fits = scaling.fit_exponents(rows)
     assert len(fits) == 8 and all(math.isfinite(f["exponent"]) and f["points"] == 2 for f in fits)
 
 
 def test_scaling_skips_sizes_predicted_too_slow():
-    rows = bench.scaling_rows([4, 8, 16], [2], ["cinc"], channels=4, max_call_s=0.0, **TINY)
+    rows = scaling.scaling_rows([4, 8, 16], [2], ["cinc"], channels=4, max_call_s=0.0, **TINY)
     assert [r["n"] for r in rows] == [4]
 
 
 def test_fit_exponent_recovers_a_known_power():
     ns = [8, 16, 32, 64, 128]
-    assert bench.fit_exponent(ns, [3e-4 * n**1.5 for n in ns]) == pytest.approx(1.5)
-    fits = bench.fit_exponents([{"backend": "b", "k": 3, "n": n, "median_ms": 0.1 * n**2 * (1.01 if n == 16 else 1)} for n in ns])
+    assert scaling.fit_exponent(ns, [3e-4 * n**1.5 for n in ns]) == pytest.approx(1.5)
+    fits = scaling.fit_exponents([{"backend": "b", "k": 3, "n": n, "median_ms": 0.1 * n**2 * (1.01 if n == 16 else 1)} for n in ns])
     assert fits[0]["exponent"] == pytest.approx(2.0, abs=0.01) and fits[0]["exponent_large"] == pytest.approx(2.0)
-    assert math.isnan(bench.fit_exponent([8], [1.0]))
+    assert math.isnan(scaling.fit_exponent([8], [1.0]))
 
 
 def test_time_interleaved_round_robin_and_budget():
     calls = []
     variants = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = bench.time_interleaved(variants, repeats=3, warmup=1)
+    times = timing.time_interleaved(variants, repeats=3, warmup=1)
     assert calls == ["a", "b"] * 4 and all(len(v) == 3 for v in times.values())
     slow = {"fast": lambda: None, "slow": lambda: __import__("time").sleep(0.02)}
-    times = bench.time_interleaved(slow, repeats=5, warmup=1, budget_s=0.03)
+    times = timing.time_interleaved(slow, repeats=5, warmup=1, budget_s=0.03)
     assert len(times["fast"]) == 5 and 1 <= len(times["slow"]) < 5
 
 
 def test_environment_records_versions():
-    env = bench.environment("cpu", 2, "float32")
+    env = timing.environment("cpu", 2, "float32")
     assert {"device", "threads", "torch", "cuda", "cupy", "cpu", "dtype", "date"} <= set(env)
     assert env["threads"] == 2 and env["device"] == "cpu"
 
@@ -159,7 +158,7 @@ def test_cli_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, finc_cli.cli.benchmark, finc_cli.bench_report; print('torch' in sys.modules)"
+    code = "import sys, finc_cli.cli.benchmark, finc_cli.bench.report, finc_cli.bench.tables; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -169,22 +168,22 @@ def test_cli_module_imports_no_torch():
 
 def test_replace_section_keeps_surrounding_text():
     text = "# Title\n\nintro\n\n<!-- bench:unit:start -->\nold table\n<!-- bench:unit:end -->\n\noutro\n"
-    new = bench_report.replace_section(text, "unit", "new table")
+    new = report.replace_section(text, "unit", "new table")
     assert new == text.replace("old table", "new table")
-    assert bench_report.replace_section(new, "unit", "new table") == new  # idempotent
-    added = bench_report.replace_section(new, "model", "model table", "Model")
+    assert report.replace_section(new, "unit", "new table") == new  # idempotent
+    added = report.replace_section(new, "model", "model table", "Model")
     assert added.startswith(new.rstrip("\n")) and added.endswith(
         "## Model\n\n<!-- bench:model:start -->\nmodel table\n<!-- bench:model:end -->\n")
-    assert bench_report.replace_section(added, "unit", "a $1 \\1 table").count("a $1 \\1 table") == 1
+    assert report.replace_section(added, "unit", "a $1 \\1 table").count("a $1 \\1 table") == 1
 
 
 def test_update_file_creates_then_updates(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
-    bench_report.update_file(path, {"unit": "first"})
+    report.update_file(path, {"unit": "first"})
     text = path.read_text()
     assert text.startswith("# Benchmarks") and "first" in text
     path.write_text(text + "\nhand-written notes\n")
-    bench_report.update_file(path, {"unit": "second"})
+    report.update_file(path, {"unit": "second"})
     text = path.read_text()
     assert "second" in text and "first" not in text and "hand-written notes" in text
 
@@ -192,10 +191,10 @@ def test_update_file_creates_then_updates(tmp_path):
 def test_bench_report_quick_run_writes_every_section(tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# mine\n\nkeep me\n")
-    assert bench_report.main(["--update", str(path), "--quick", "--threads", "1"]) == 0
+    assert report.main(["--update", str(path), "--quick", "--threads", "1"]) == 0
     text = path.read_text()
     assert text.startswith("# mine\n\nkeep me\n")
-    for name in bench_report.SECTIONS:
+    for name in report.SECTIONS:
         assert f"<!-- bench:{name}:start -->" in text and f"<!-- bench:{name}:end -->" in text
     assert "Reduced depth" in text and "CIFAR-10" in text
 
@@ -205,6 +204,6 @@ def test_unit_pivot_marks_targets():
         {"B": 1, "C": 12, "H": 64, "W": 64, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 8.0, "ratio": 8.0, "max_err": 1e-7},
         {"B": 16, "C": 12, "H": 16, "W": 16, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 4.0, "ratio": 4.0, "max_err": 1e-7},
     ]
-    pivot = bench_report.unit_pivot(rows)
+    pivot = tables.unit_pivot(rows)
     assert [(p["target"], p["met"]) for p in pivot] == [(10.0, "yes"), (3.0, "no")]
-    assert "| 1,12,64,64,3 |" in bench_report.markdown_table(bench_report.unit_columns(), pivot)
+    assert "| 1,12,64,64,3 |" in tables.markdown_table(tables.unit_columns(), pivot)

@@ -221,7 +221,8 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
 
 
 def test_latents_files_are_loaded_safely(tiny, tmp_path):
-    from finc_cli.invert import ImageInputError, load_latents
+    from finc_cli.errors import ImageInputError
+    from finc_cli.invert import load_latents
 
     _, model = tiny
     marker = tmp_path / "PWNED"

@@ -224,7 +224,7 @@ def test_python_api_round_trip(ckpt):
     model, loaded_cfg = finc_cli.load_checkpoint(ckpt)
     assert loaded_cfg.model == cfg.model and type(fresh) is type(model)
     x = torch.randint(0, 17, (4, 1, 8, 8), dtype=torch.uint8)  # (B, C, H, W), 17 levels
-    bpd = model.bits_per_dim(x)
+    bpd = model(x)
     assert bpd.shape == (4,) and torch.isfinite(bpd).all()
     latents = model.encode(x)
     assert [tuple(z.shape[1:]) for z in latents] == model.latent_shapes()

@@ -112,11 +112,11 @@ def test_large_batch_and_grid_stride(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_64x64_images_on_every_path(dtype):
-    from finc_cli.inverse.cupy_backend import _shared_limit, _import_cupy, plan_launch
+    from finc_cli.inverse.cupy_backend import plan_launch, shared_memory_limit
 
     B, cg, H, W, k = 3, 3, 64, 64, 3
     y, w, linv, x_true = _problem(B, cg, H, W, k, dtype, seed=3, scale=0.05)
-    limit = _shared_limit(_import_cupy(), torch.cuda.current_device())
+    limit = shared_memory_limit()
     assert plan_launch(B, H, W, k, cg, y.element_size(), limit).path == "ring"  # the tile does not fit 48 KiB
     wave = wavefront_inverse(y, w, linv)
     paths = ["auto", "ring", "diagonal"]

@@ -70,11 +70,13 @@ def test_layer_inverse_through_the_seam_and_thread_counts(monkeypatch):
     x = torch.randn(5, 8, 6, 7, dtype=torch.float64)
     y, _ = layer(x)
     assert inverse.select_backend(y) == "native"  # auto picks it on the CPU
-    xs = [layer.inverse(y, backend="native")[0]]
+    with inverse.use_backend("native"):
+        xs = [layer.inverse(y)[0]]
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        xs.append(layer.inverse(y, backend="native")[0])
+        with inverse.use_backend("native"):
+            xs.append(layer.inverse(y)[0])
     finally:
         torch.set_num_threads(previous)
     for xr in xs:
@@ -141,16 +143,16 @@ def test_unit_ratio_rows_smoke():
     """The unit-ratio measurement (`finc benchmark layer`, BENCHMARKS.md section "unit") runs native beside the wavefront."""
     import math
 
-    from finc_cli import bench_report
-    from finc_cli import benchmark as bench
+    from finc_cli.bench import tables
+    from finc_cli.bench.layer import layer_rows
 
     backends = ("wavefront", "native") if native.is_available("cpu") else ("wavefront",)
-    rows = bench.layer_rows([(2, 8, 5, 6, 3)], layers=("finc",), backends=backends, repeats=2, warmup=1, threads=1)
+    rows = layer_rows([(2, 8, 5, 6, 3)], layers=("finc",), backends=backends, repeats=2, warmup=1, threads=1)
     assert [r["backend"] for r in rows] == list(backends)
     for r in rows:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("forward_ms", "inverse_ms", "ratio"))
         assert r["max_err"] < 1e-4  # proven before timed
-    (row,) = bench_report.unit_pivot(rows)
+    (row,) = tables.unit_pivot(rows)
     assert row["wavefront_ratio"] > 0 and "cupy_ms" not in row
     assert ("native_ms" in row) == native.is_available("cpu")
-    assert "| 2,8,5,6,3 |" in bench_report.markdown_table(bench_report.unit_columns(), [row])
+    assert "| 2,8,5,6,3 |" in tables.markdown_table(tables.unit_columns(), [row])

@@ -91,7 +91,7 @@ def test_bits_per_dim_of_random_data_is_finite_positive(shape, bins, levels, ste
     x = _images(shape, bins, n=8)
     model.initialize(x)
     assert all(bool(m.initialized) for m in model.modules() if isinstance(m, ActNorm))
-    bpd = model.bits_per_dim(x)
+    bpd = model(x)
     assert bpd.shape == (8,) and torch.isfinite(bpd).all() and (bpd > 0).all()
     assert bpd.mean().item() < 2 * math.log2(bins)  # sane scale at init
 
@@ -105,7 +105,7 @@ def test_adam_steps_lower_bits_per_dim():
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     losses = []
     for _ in range(8):
-        loss = model.nll_bits_per_dim(x, generator=torch.Generator().manual_seed(0)).mean()
+        loss = model(x, generator=torch.Generator().manual_seed(0)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -154,7 +154,7 @@ def test_state_dict_reload_reproduces_model():
     fresh.load_state_dict(model.state_dict())
     fresh.initialize(x + 3)  # no re-init: the flags came with the state dict
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    torch.testing.assert_close(fresh.bits_per_dim(x, generator=g()), model.bits_per_dim(x, generator=g()))
+    torch.testing.assert_close(fresh(x, generator=g()), model(x, generator=g()))
 
 
 def test_invalid_configs_raise_clear_errors():
@@ -194,11 +194,11 @@ def test_set_autocast_bf16():
     torch.manual_seed(0)
     model = _randomize(FlowModel((1, 8, 8), 17, _cfg(levels=2, steps=1)))
     x = _images((1, 8, 8), 17)
-    ref = model.bits_per_dim(x, generator=torch.Generator().manual_seed(0))
+    ref = model(x, generator=torch.Generator().manual_seed(0))
     model.set_autocast(torch.bfloat16)
     couplings = [m for m in model.modules() if isinstance(m, AffineCoupling)]
     assert couplings and all(m.autocast_dtype == torch.bfloat16 for m in couplings)
-    bpd = model.bits_per_dim(x, generator=torch.Generator().manual_seed(0))
+    bpd = model(x, generator=torch.Generator().manual_seed(0))
     assert bpd.dtype == torch.float32 and torch.isfinite(bpd).all()
     torch.testing.assert_close(bpd, ref, rtol=0.02, atol=0.02)
     assert torch.equal(model.decode(model.encode(x)), x)

@@ -26,6 +26,8 @@ import finc_cli.train as train_mod
 from finc_cli.checkpoint import read_checkpoint, save_checkpoint
 from finc_cli.cli.main import app
 from finc_cli.config import load_preset
+from finc_cli.model import FlowModel
+from finc_cli.train.step import lr_factor
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 TINY_OVERRIDES = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16}
@@ -257,23 +259,25 @@ def test_resume_after_interruption_is_bit_exact_on_cpu(tmp_path):
 
 
 class _Inject:
-    """Replace LogProb.forward: call k is optimizer step k (accumulate=1); poison chosen steps."""
+    """Replace FlowModel.forward in train mode: call k is optimizer step k (accumulate=1); poison chosen steps."""
 
     def __init__(self, monkeypatch, out: Path, action, watch=()):
         self.calls, self.out, self.action = 0, out, action
         self.snapshot: dict = {}
         self.ckpt_at: dict = {}
-        original = train_mod.LogProb.forward
+        original = FlowModel.forward
         inject = self
 
-        def forward(net, v):
+        def forward(net, x, noise=None, generator=None):
+            if not net.training:  # validation, not an optimizer step
+                return original(net, x, noise, generator)
             inject.calls += 1
-            inject.snapshot[inject.calls] = {k: t.clone() for k, t in net.model.state_dict().items()}
+            inject.snapshot[inject.calls] = {k: t.clone() for k, t in net.state_dict().items()}
             if inject.calls in watch:
                 inject.ckpt_at[inject.calls] = read_checkpoint(out / "last.pt")
-            return action(inject.calls, net, original(net, v))
+            return action(inject.calls, net, original(net, x, noise, generator))
 
-        monkeypatch.setattr(train_mod.LogProb, "forward", forward)
+        monkeypatch.setattr(FlowModel, "forward", forward)
 
 
 class _InfGrad(torch.autograd.Function):
@@ -323,7 +327,7 @@ def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
     assert any("rolled back" in line and "step 4" in line for line in log.lines)
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
     cfg = _guard_cfg(8)
-    assert lrs[8] == pytest.approx(cfg.train.lr * train_mod.lr_factor(7, cfg) * 0.5)  # halved after the rollback
+    assert lrs[8] == pytest.approx(cfg.train.lr * lr_factor(7, cfg) * 0.5)  # halved after the rollback
 
 
 def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
@@ -341,7 +345,7 @@ def test_nan_parameters_never_reach_a_checkpoint(tmp_path, monkeypatch):
     def poison(k, net, lp):
         if k == 5:  # a blown-up update: step 5 itself looks fine, its result is NaN weights
             with torch.no_grad():
-                next(net.model.parameters()).fill_(float("nan"))
+                next(net.parameters()).fill_(float("nan"))
         return lp
 
     _Inject(monkeypatch, out, poison)

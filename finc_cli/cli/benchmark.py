@@ -1,4 +1,4 @@
-"""`finc benchmark layer|model|scaling`: thin wrappers over finc_cli.benchmark (torch imported lazily)."""
+"""`finc benchmark layer|model|scaling`: thin wrappers over finc_cli.bench (torch imported lazily)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _parse_shape(text: str) -> tuple:
 def _output(env: dict, rows: list[dict], json_out: bool, csv_path: Optional[str], extra: Optional[dict] = None) -> bool:
     """Write the CSV; print JSON and return True when --json, else return False (render a table)."""
     if csv_path:
-        from finc_cli.bench_report import write_csv
+        from finc_cli.bench.tables import write_csv
 
         write_csv(rows, csv_path)
     if json_out:
@@ -63,7 +63,7 @@ def _output(env: dict, rows: list[dict], json_out: bool, csv_path: Optional[str]
 def _rich_table(title: str, columns: list, rows: list[dict]):
     from rich.table import Table
 
-    from finc_cli.bench_report import cells
+    from finc_cli.bench.tables import cells
 
     table = Table(title=title)
     for header, _, _ in columns:
@@ -75,7 +75,7 @@ def _rich_table(title: str, columns: list, rows: list[dict]):
 
 def _environment(rows: list[dict], device: str, threads: int, dtype: DType) -> dict:
     """Where the rows were measured: the device they ran on ("auto" resolved), else the one asked for."""
-    from finc_cli.bench_timing import environment
+    from finc_cli.bench.timing import environment
 
     return environment(rows[0]["device"] if rows else device, threads, dtype.value)
 
@@ -100,14 +100,14 @@ def layer_cli(
     csv_path: CsvOpt = None,
 ) -> None:
     """Forward and inverse time of one invertible layer (FInC per inverse backend, Emerging, CInC, Glow 1×1)."""
-    from finc_cli import benchmark as bench
+    from finc_cli.bench.layer import LAYERS, layer_rows
 
     parsed = [_parse_shape(s) for s in shapes] if shapes else [(16, 12, 32, 32, 3)]
-    rows = bench.layer_rows(parsed, layers or bench.LAYERS, backends, (dtype.value,), (device,), repeats, warmup, threads)
+    rows = layer_rows(parsed, layers or LAYERS, backends, (dtype.value,), (device,), repeats, warmup, threads)
     env = _environment(rows, device, threads, dtype)
     if not _output(env, rows, json_out, csv_path):
         _print_env(env)
-        from finc_cli.bench_report import COLUMNS
+        from finc_cli.bench.tables import COLUMNS
 
         console.print(_rich_table("finc benchmark layer (ms, median; inverse/forward)", COLUMNS["layer"], rows))
 
@@ -130,21 +130,21 @@ def model_cli(
     csv_path: CsvOpt = None,
 ) -> None:
     """FT (forward, bits/dim) and ST (sampling) of a preset's FInC model beside the same-depth Glow; the paper's table too."""
-    from finc_cli import benchmark as bench
+    from finc_cli.bench.model import model_rows, paper_rows
 
-    rows = bench.model_rows(preset, parse_sets(sets), batch_sizes or [100], backends or ["auto"], device, dtype.value,
+    rows = model_rows(preset, parse_sets(sets), batch_sizes or [100], backends or ["auto"], device, dtype.value,
                             repeats, warmup, threads, temperature, not no_glow)
     env = _environment(rows, device, threads, dtype)
-    paper = bench.paper_rows()
+    paper = paper_rows()
     if _output(env, rows, json_out, csv_path, {"paper": paper}):
         return
     from rich.columns import Columns
 
-    from finc_cli.bench_report import COLUMNS
+    from finc_cli.bench.tables import COLUMNS
 
     _print_env(env)
     measured = _rich_table(f"measured: {preset} (s per call, median)", COLUMNS["model"], rows)
-    console.print(Columns([measured, _rich_table("paper, DESIGN §4 (s, 100 images)", COLUMNS["paper"], paper)]))
+    console.print(Columns([measured, _rich_table("the paper's table (s, 100 images)", COLUMNS["paper"], paper)]))
 
 
 @bench_app.command("scaling")
@@ -165,15 +165,15 @@ def scaling_cli(
     csv_path: CsvOpt = None,
 ) -> None:
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
-    from finc_cli import benchmark as bench
+    from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
-    rows = bench.scaling_rows(sizes or (8, 16, 32, 64, 128), kernel_sizes or (2, 3, 5, 7), backends, batch_size, channels,
+    rows = scaling_rows(sizes or (8, 16, 32, 64, 128), kernel_sizes or (2, 3, 5, 7), backends, batch_size, channels,
                               device, dtype.value, repeats, warmup, threads, max_call_s=max_call_s)
-    fits = bench.fit_exponents(rows)
+    fits = fit_exponents(rows)
     env = _environment(rows, device, threads, dtype)
     if _output(env, rows, json_out, csv_path, {"fits": fits}):
         return
-    from finc_cli.bench_report import scaling_columns, scaling_pivot
+    from finc_cli.bench.tables import scaling_columns, scaling_pivot
 
     _print_env(env)
     pivot, ns = scaling_pivot(rows, fits)

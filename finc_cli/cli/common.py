@@ -1,10 +1,11 @@
-"""Shared CLI plumbing: clean one-line errors, JSON or Rich output, override parsing."""
+"""Shared CLI plumbing: clean one-line errors and exit codes, JSON or Rich output, override parsing."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -16,25 +17,15 @@ err_console = Console(stderr=True)
 
 EXIT_IO = 1  # an I/O failure while running (disk full, permission denied): previous files intact
 EXIT_USAGE = 2  # bad input: a one-line error, no traceback, nothing written
+EXIT_INTERNAL = 1  # a bug in finc: one line, the traceback under --debug
+DEBUG_ENV = "FINC_DEBUG"
 
+state = {"debug": False}  # set by `finc --debug`
 
-def _user_errors() -> tuple:
-    """Exception types whose message is meant for users (imported lazily, after the command ran)."""
-    from finc_cli.checkpoint import CheckpointError
-    from finc_cli.config import ConfigError
-
-    types: list = [CheckpointError, ConfigError]
-    for module, name in (
-        ("finc_cli.data.errors", "DatasetError"),
-        ("finc_cli.run_dir", "RunDirError"),
-        ("finc_cli.sample", "OutputError"),
-        ("finc_cli.invert", "ImageInputError"),
-        ("finc_cli.inverse", "InverseBackendError"),
-    ):
-        mod = sys.modules.get(module)
-        if mod is not None:
-            types.append(getattr(mod, name))
-    return tuple(types)
+# Typer's own exits and usage errors pass through to Typer (older Typer versions re-export Click's).
+_TYPER_EXCEPTIONS = tuple(
+    t for t in (typer.Exit, getattr(typer, "Abort", None), getattr(typer, "TyperException", None), typer.BadParameter) if t
+)
 
 
 def _io_message(exc: OSError) -> str:
@@ -48,26 +39,44 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     raise typer.Exit(code)
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turn user-facing exceptions into one line on stderr: exit 2 for bad input, 1 for I/O failures.
+def debug_enabled() -> bool:
+    """`finc --debug ...` or FINC_DEBUG=1: internal errors keep their traceback."""
+    return state["debug"] or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
-    Anything else is a bug and keeps its traceback.
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Map exceptions to exit codes: a FincError is one line with its code (2: bad input, 1: a failed
+    run), an OSError is an I/O failure (1), anything else is a bug in finc: one line that says so
+    (1), with the traceback only under --debug or FINC_DEBUG=1.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from finc_cli.errors import FincError
+
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except _TYPER_EXCEPTIONS:
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except FincError as exc:
+            fail(_first_line(exc), exc.exit_code)
         except OSError as exc:  # I/O failure mid-run (e.g. ENOSPC): writes are atomic, so nothing is half-written
             fail(_io_message(exc), EXIT_IO)
-        except Exception as exc:  # noqa: BLE001 - filtered below
-            if isinstance(exc, _user_errors()) or type(exc) is ValueError:
-                fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless asked for the traceback
+            if debug_enabled():
+                raise
+            fail(
+                f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in finc, "
+                f"please report it with the traceback from: finc --debug ... (or {DEBUG_ENV}=1)",
+                EXIT_INTERNAL,
+            )
 
     return wrapper
 

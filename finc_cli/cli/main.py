@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli import __version__
-from finc_cli.cli.common import console, emit_json, err_console, fail, handle_errors, parse_sets, render_table
+from finc_cli.cli.common import console, emit_json, err_console, handle_errors, parse_sets, render_table, state
 
 EXIT_CODES = (
-    "Exit codes: 0 success; 1 the run failed while writing (disk full, permission denied) or training "
-    "diverged - the previous files are intact; 2 bad input (preset, config key or value, dataset, "
+    "Exit codes: 0 success; 1 the run failed while writing (disk full, permission denied), training "
+    "diverged, or an internal error (a bug; --debug shows its traceback) - the previous files are intact; 2 bad input (preset, config key or value, dataset, "
     "checkpoint, image, output path), one line on stderr, nothing written; 130 / 143 training "
     "stopped by SIGINT / SIGTERM after saving a resumable last.pt (continue with --resume)."
 )
@@ -59,8 +59,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error (also FINC_DEBUG=1).")] = False,
 ) -> None:
     """FInC Flow command line."""
+    state["debug"] = debug
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def train_cli(
     from pathlib import Path
 
     from finc_cli.config import load_preset
-    from finc_cli.train import TrainingDiverged, TrainingInterrupted, train
+    from finc_cli.train import TrainingInterrupted, train
 
     overrides = parse_sets(sets)
     flags = {
@@ -114,8 +116,6 @@ def train_cli(
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM: the shell convention
-    except TrainingDiverged as exc:
-        fail(str(exc), 1)
     if not _is_main_process():
         return
     if json_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from finc_cli.data.errors import DatasetError
+from finc_cli.errors import DatasetError
 
 
 class Augment:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from finc_cli.data.augment import Augment
-from finc_cli.data.errors import DatasetError
+from finc_cli.errors import DatasetError
 from finc_cli.data.safe_pickle import load_pickle
 
 

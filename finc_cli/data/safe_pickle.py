@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finc_cli.data.errors import DatasetError
+from finc_cli.errors import DatasetError
 
 
 def _frombuffer(buf: object, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:

@@ -94,8 +94,9 @@ class FInCConv2d(Flow):
                 self._inverse_cache = (key, eff, inverse_seam.centre_inverse(eff))
         return self._inverse_cache[1], self._inverse_cache[2]
 
-    def inverse(self, y: torch.Tensor, backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x with forward(x) == y, on the backend `finc_cli.inverse` selects (docs/inverse.md)."""
         self._check(y)
         eff, linv = self.inverse_operator()
-        x = inverse_seam.solve(y, eff.to(y.dtype), linv.to(y.dtype), backend=backend)
+        x = inverse_seam.solve(y, eff.to(y.dtype), linv.to(y.dtype))
         return x, zeros_logdet(y)

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 
 import torch
 
 from finc_cli.flows.base import Flow, zeros_logdet
 
-
-def _accepted_kwargs(layer: Flow, kwargs: dict) -> dict:
-    """The subset of kwargs that layer.inverse accepts (all of them if it takes **kwargs)."""
-    params = inspect.signature(layer.inverse).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+__all__ = ["FlowSequential"]
 
 
 class FlowSequential(Flow):
-    """flows applied in order: FlowSequential(a, b, c) or FlowSequential(OrderedDict(name=flow, ...)).
-
-    inverse(y, **kwargs) passes each keyword (e.g. backend=) only to layers whose inverse accepts it.
-    """
+    """flows applied in order: FlowSequential(a, b, c) or FlowSequential(OrderedDict(name=flow, ...))."""
 
     def __init__(self, *flows):
         super().__init__()
@@ -49,9 +39,9 @@ class FlowSequential(Flow):
             total = total + logdet
         return x, total
 
-    def inverse(self, y: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = zeros_logdet(y)
         for flow in reversed(list(self)):
-            y, logdet = flow.inverse(y, **_accepted_kwargs(flow, kwargs))
+            y, logdet = flow.inverse(y)
             total = total + logdet
         return y, total

@@ -1,6 +1,6 @@
 """The swappable seam for the FInC inverse: backend registry, selection and `solve`.
 
-Problem solved by every backend (DESIGN §1–2). With C = 4·C' channels in 4 groups g of C'
+Problem solved by every backend (docs/finc_unit.md, docs/inverse.md). With C = 4·C' channels in 4 groups g of C'
 channels each, an effective kernel `weight` (4, C', C', k, k) given in top-left (TL)
 orientation whose centre tap weight[g, :, :, k-1, k-1] is unit lower triangular, the forward
 FInC unit computes, for every group g, output channel o and pixel (i, j):
@@ -25,9 +25,24 @@ import contextlib
 import importlib
 import os
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
+
+from finc_cli.errors import InverseBackendError
+
+__all__ = [
+    "ENV_VAR",
+    "InverseBackendError",
+    "backend_names",
+    "centre_inverse",
+    "get_backend",
+    "is_available",
+    "register_backend",
+    "select_backend",
+    "solve",
+    "use_backend",
+]
 
 ENV_VAR = "FINC_INVERSE_BACKEND"
 
@@ -40,10 +55,6 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 _local = threading.local()
-
-
-class InverseBackendError(RuntimeError):
-    """A requested backend cannot run here; the message says why and what to do."""
 
 
 def backend_names() -> list[str]:
@@ -66,17 +77,14 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _local.backend = previous
 
 
-def _module_available(name: str, device: torch.device) -> bool:
-    module = importlib.import_module(_REGISTRY[name][0])
-    check = getattr(module, "is_available", None)
-    return True if check is None else bool(check(device))
-
-
-def _available(name: str, device: torch.device) -> bool:
+def is_available(name: str, device: Union[str, torch.device] = "cpu") -> bool:
+    """Whether backend `name` can run on `device` here (its module imports and its own check passes)."""
     try:
-        return _module_available(name, device)
+        module = importlib.import_module(_REGISTRY[name][0])
     except ImportError:
         return False
+    check = getattr(module, "is_available", None)
+    return True if check is None else bool(check(torch.device(device)))
 
 
 def select_backend(y: torch.Tensor, backend: Optional[str] = None) -> str:
@@ -84,8 +92,8 @@ def select_backend(y: torch.Tensor, backend: Optional[str] = None) -> str:
     name = backend or getattr(_local, "backend", None) or os.environ.get(ENV_VAR) or "auto"
     if name == "auto":
         if y.is_cuda:
-            return "cupy" if _available("cupy", y.device) else "wavefront"
-        return "native" if _available("native", y.device) else "wavefront"
+            return "cupy" if is_available("cupy", y.device) else "wavefront"
+        return "native" if is_available("native", y.device) else "wavefront"
     if name not in _REGISTRY:
         raise InverseBackendError(
             f"unknown inverse backend '{name}'; choose one of: auto, {', '.join(_REGISTRY)}"

@@ -20,8 +20,17 @@ from typing import Optional
 import numpy as np
 import torch
 
-from finc_cli.inverse import InverseBackendError
+from finc_cli.errors import InverseBackendError
 from finc_cli.inverse import kernel_source as ks
+
+__all__ = [
+    "LaunchPlan",
+    "cupy_inverse",
+    "cupy_inverse_paper_schedule",
+    "is_available",
+    "plan_launch",
+    "shared_memory_limit",
+]
 
 PORTABLE_SHARED = 48 * 1024  # dynamic shared memory every CUDA device grants without opt-in
 FUSED_MAX_THREADS = 1024  # FINC_MAX_BLOCK in the .cu
@@ -132,6 +141,11 @@ def plan_launch(
     threads = min(FUSED_MAX_THREADS, max(32, -(-ipb * items_per_image // 32) * 32))
     blocks = min(-(-B // ipb), max_blocks)
     return LaunchPlan(path, ipb, threads, blocks, operator + ipb * per_image[path])
+
+
+def shared_memory_limit(device=None) -> int:
+    """Bytes of dynamic shared memory a block may opt in to on `device` (default: the current GPU)."""
+    return _shared_limit(_import_cupy(), _device_index(torch.device("cuda" if device is None else device)))
 
 
 def _shared_limit(cupy, index: int) -> int:

@@ -161,7 +161,7 @@ def native_inverse(y: torch.Tensor, weight: torch.Tensor, linv: torch.Tensor) ->
     """The seam's `fn(y, weight, linv) -> x` (problem in `finc_cli.inverse`), float32/float64 in C."""
     lib = library()
     if lib is None:
-        from finc_cli.inverse import InverseBackendError  # the seam imports this module lazily
+        from finc_cli.errors import InverseBackendError
 
         raise InverseBackendError(
             f"the native inverse backend is unavailable ({_state.get('error')}); use backend 'wavefront'"

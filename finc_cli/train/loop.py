@@ -9,32 +9,23 @@ from typing import Any, Optional
 
 import torch
 
+from finc_cli import distributed as dist_utils
 from finc_cli.checkpoint import read_checkpoint, save_checkpoint
 from finc_cli.config import Config, config_from_dict, save_config
-from finc_cli import distributed as dist_utils
+from finc_cli.data.batches import batch_indices, fetch
+from finc_cli.errors import InputError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
+from finc_cli.train.run_dir import append_metrics, create_run_dir, prepare_run_dir, truncate_metrics
+from finc_cli.train.state import TrainState, checkpoint_payload, params_digest, params_finite, restore
+from finc_cli.train.step import build_optimizer, nonfinite_reason, train_step
 
-# Also re-exported: callers and tests import these from finc_cli.train.
-from finc_cli.run_dir import RUN_FILES, RunDirError, append_metrics, create_run_dir, prepare_run_dir, truncate_metrics
-from finc_cli.train_state import TrainState, checkpoint_payload, params_digest, params_finite, restore, rng_state, set_rng_state
-from finc_cli.train_step import LogProb, batch_indices, build_optimizer, fetch, lr_factor, nonfinite_reason, set_lr, train_step
-
-__all__ = [
-    "MAX_ROLLBACKS", "RUN_FILES", "LogProb", "Reporter", "RunDirError", "TrainState", "TrainingDiverged",
-    "TrainingInterrupted", "append_metrics", "batch_indices", "build_optimizer", "checkpoint_payload",
-    "create_run_dir", "evaluate_bpd", "fetch", "lr_factor", "params_digest", "prepare_run_dir", "restore",
-    "rng_state", "set_lr", "set_rng_state", "train", "truncate_metrics",
-]
+__all__ = ["MAX_ROLLBACKS", "Reporter", "Trainer", "TrainingInterrupted", "train"]
 
 
 class TrainingInterrupted(Exception):
     def __init__(self, step: int, signum: int, path: Path):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; resumable checkpoint {path}")
         self.step, self.signum, self.path = step, signum, path
-
-
-class TrainingDiverged(RuntimeError):
-    """Rollbacks did not help: the run keeps producing non-finite steps."""
 
 
 MAX_ROLLBACKS = 10  # each halves the learning rate: 2^-10 of it is no longer training
@@ -135,7 +126,7 @@ class Trainer:
     def _check_batch_size(self) -> None:
         t, ctx = self.t, self.ctx
         if t.batch_size % (ctx.world_size * t.accumulate):
-            raise ValueError(
+            raise InputError(
                 f"train.batch_size {t.batch_size} must be divisible by processes × accumulate = {ctx.world_size * t.accumulate}"
             )
 
@@ -167,12 +158,11 @@ class Trainer:
         self.model.initialize(fetch(self.train_ds, init_idx).to(self.device))
 
     def _prepare_loop(self) -> None:
-        self.net = LogProb(self.model)
+        self.net = self.model  # training calls the model's one loss, bits/dim, through DDP when distributed
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.probe = fetch(self.val_ds, torch.arange(min(16, len(self.val_ds)))).to(self.device)
-        self.num_dims = self.model.num_dims
         self.start_step, self.t0 = self.state.step, time.perf_counter()
         self.running: list = []  # losses since the last log line
         self.last_log = time.perf_counter()
@@ -200,7 +190,7 @@ class Trainer:
 
     def _step(self, signals: _Signals) -> None:
         """One optimizer update, then whatever falls due after it, in a fixed order."""
-        stats = train_step(self.net, self.model, self.optimizer, self.train_ds, self.cfg, self.state, self.ctx, self.num_dims)
+        stats = train_step(self.net, self.model, self.optimizer, self.train_ds, self.cfg, self.state, self.ctx)
         self.state.step += 1
         if stats["skipped"]:
             self._on_nonfinite(stats)

@@ -10,6 +10,16 @@ import torch
 
 from finc_cli.config import Config
 
+__all__ = [
+    "TrainState",
+    "checkpoint_payload",
+    "params_digest",
+    "params_finite",
+    "restore",
+    "rng_state",
+    "set_rng_state",
+]
+
 
 @dataclass
 class TrainState:
@@ -66,7 +76,8 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config) -> dict
 
 def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
     """Load weights, optimizer, step counters and RNG from a checkpoint; a mismatch is a CheckpointError."""
-    from finc_cli.checkpoint import CheckpointError, load_weights
+    from finc_cli.checkpoint import load_weights
+    from finc_cli.errors import CheckpointError
 
     load_weights(model, data["model"], path)
     try:

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from finc_cli.errors import RunDirError
 
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked (exists, or nothing to resume)."""
 
+__all__ = ["RUN_FILES", "append_metrics", "create_run_dir", "prepare_run_dir", "truncate_metrics"]
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
 

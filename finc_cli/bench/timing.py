@@ -21,6 +21,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from finc_cli import inverse as inverse_seam
+from finc_cli.errors import InputError
+
+__all__ = ["DTYPES", "environment", "gpu_details", "num_threads", "resolve", "summarize", "time_interleaved"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @contextlib.contextmanager
@@ -33,6 +38,15 @@ def num_threads(threads: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """(torch.device, torch.dtype) from names; ValueError (one line) for bad ones."""
+    from finc_cli.device import resolve_device
+
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
+    return resolve_device(device), DTYPES[dtype]
 
 
 def _sync(device: torch.device) -> None:
@@ -111,9 +125,41 @@ def environment(device: str = "cpu", threads: Optional[int] = None, dtype: str =
         "cupy": _package_version("cupy-cuda13x") or _package_version("cupy"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "native_backend": inverse_seam._available("native", torch.device("cpu")),
+        "native_backend": inverse_seam.is_available("native", "cpu"),
     }
+    if dev.type == "cuda":
+        env.update(gpu_details(dev))
     return env
+
+
+def gpu_details(device: torch.device) -> dict:
+    """Compute capability, driver, and the CUDA runtime and NVRTC versions CuPy sees (None when unknown)."""
+    info: dict = {"capability": ".".join(map(str, torch.cuda.get_device_capability(device))), "driver": _driver_version()}
+    try:
+        import cupy
+        from cupy.cuda import nvrtc
+
+        info.update(
+            cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+            cuda_driver_api=cupy.cuda.runtime.driverGetVersion(),
+            nvrtc=".".join(map(str, nvrtc.getVersion())),
+        )
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the figures still come
+        info["cupy_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _driver_version() -> Optional[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
 
 
 def _cpu_model() -> str:

@@ -1,0 +1,117 @@
+"""Model benchmark: forward time FT (bits/dim) and sampling time ST of a preset's architecture.
+
+FInC beside the same-depth Glow (no FInC units); the paper's published FT/ST table for comparison.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterable, Optional
+
+import torch
+
+from finc_cli import inverse as inverse_seam
+from finc_cli.bench.layer import finc_backends
+from finc_cli.bench.timing import num_threads, resolve, summarize, time_interleaved
+from finc_cli.errors import InputError
+
+__all__ = ["PAPER_TABLE", "model_rows", "paper_rows"]
+
+# The paper's table (seconds for 100 images; GPU not stated). None: not reported.
+PAPER_TABLE = (
+    {"dataset": "MNIST", "L": 2, "K": 16, "bpd": 1.05, "ft_s": 0.14, "st_s": 0.09, "emerging_st_s": 0.62, "cinc_st_s": None, "macow_st_s": None},
+    {"dataset": "CIFAR-10", "L": 3, "K": 32, "bpd": 3.39, "ft_s": 0.37, "st_s": 0.41, "emerging_st_s": 17.19, "cinc_st_s": 7.91, "macow_st_s": 3.23},
+    {"dataset": "ImageNet 32×32", "L": 3, "K": 48, "bpd": 4.13, "ft_s": 0.48, "st_s": 0.52, "emerging_st_s": 25.79, "cinc_st_s": 11.97, "macow_st_s": None},
+    {"dataset": "ImageNet 64×64", "L": 3, "K": 32, "bpd": 3.88, "ft_s": 1.43, "st_s": 2.11, "emerging_st_s": 137.04, "cinc_st_s": 55.71, "macow_st_s": 8.05},
+)
+
+
+def paper_rows() -> list[dict]:
+    """The paper's FT/ST table with its ST/FT ratio."""
+    return [{**r, "st_over_ft": r["st_s"] / r["ft_s"]} for r in PAPER_TABLE]
+
+
+def model_rows(
+    preset: str = "cifar10",
+    overrides: Optional[dict] = None,
+    batch_sizes: Iterable[int] = (100,),
+    backends: Iterable[str] = ("auto",),
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = 3,
+    warmup: int = 1,
+    threads: int = 2,
+    temperature: float = 1.0,
+    glow: bool = True,
+    seed: int = 0,
+) -> list[dict]:
+    """FT (bits_per_dim of a uint8 batch) and ST (model.sample) per batch size, FInC and Glow.
+
+    Rows: one per (batch, FInC inverse backend) plus one Glow row per batch. Keys: model, backend,
+    preset, levels, steps, hidden, kernel_size, params, batch, dtype, device, ft_s, ft_q1_s,
+    ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without the Glow model).
+    Random weights (timing only), ActNorm initialised on one random batch.
+    """
+    from finc_cli.config import load_preset
+    from finc_cli.model import build_model
+
+    dev, dt = resolve(device, dtype)
+    overrides = dict(overrides or {})
+    cfgs = {"finc": load_preset(preset, {**overrides, "model.finc": True})}
+    if glow:
+        cfgs["glow"] = load_preset(preset, {**overrides, "model.finc": False})
+    names = finc_backends(backends, dev)
+    rows = []
+    with num_threads(threads):
+        torch.manual_seed(seed)
+        models = {kind: build_model(cfg).to(device=dev, dtype=dt) for kind, cfg in cfgs.items()}
+        for model in models.values():
+            _init_actnorm(model, dev, seed)
+        for batch in batch_sizes:
+            if int(batch) < 1:
+                raise InputError(f"batch sizes must be >= 1, got {batch}")
+            rows += _batch_rows(models, cfgs, preset, int(batch), names, dev, repeats, warmup, temperature, seed)
+    return rows
+
+
+def _images(model, batch: int, device: torch.device, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.bins, (batch, *model.image_shape), generator=g, dtype=torch.uint8).to(device)
+
+
+def _init_actnorm(model, device: torch.device, seed: int) -> None:
+    model.initialize(_images(model, 8, device, seed))
+    model.eval()
+
+
+def _sample_on(model, backend: Optional[str], n: int, temperature: float, generator) -> torch.Tensor:
+    with inverse_seam.use_backend(backend):
+        return model.sample(n, temperature, generator)
+
+
+def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, temperature, seed) -> list[dict]:
+    gen = torch.Generator(device=device)
+    variants: dict = {}
+    for kind, model in models.items():
+        x = _images(model, batch, device, seed)
+        variants[(kind, None, "ft")] = lambda m=model, x=x: m(x)
+        for b in backends if kind == "finc" else [None]:
+            variants[(kind, b, "st")] = lambda m=model, b=b: _sample_on(m, b, batch, temperature, gen.manual_seed(seed))
+    times = time_interleaved(variants, repeats, warmup, device)
+    glow_st = statistics.median(times[("glow", None, "st")]) if "glow" in models else None
+    rows = []
+    for (kind, backend, what), samples in times.items():
+        if what != "st":
+            continue
+        m, ft, st = cfgs[kind].model, summarize(times[(kind, None, "ft")], 1.0), summarize(samples, 1.0)
+        rows.append({
+            "model": kind, "backend": backend or "-", "preset": preset, "levels": m.levels, "steps": m.steps,
+            "hidden": m.hidden, "kernel_size": m.kernel_size, "params": models[kind].num_parameters(),
+            "batch": batch, "dtype": str(next(models[kind].parameters()).dtype).removeprefix("torch."),
+            "device": str(device), "ft_s": ft["median"], "ft_q1_s": ft["q1"], "ft_q3_s": ft["q3"],
+            "st_s": st["median"], "st_q1_s": st["q1"], "st_q3_s": st["q3"], "st_over_ft": st["median"] / ft["median"],
+            "st_vs_glow": None if glow_st is None else st["median"] / glow_st, "repeats": st["n"],
+        })
+    return rows
+
+

@@ -1,0 +1,65 @@
+"""FincError: the base of every error meant for users (the CLI prints one line and exits with its code)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "FincError",
+    "ImageInputError",
+    "InputError",
+    "InverseBackendError",
+    "OutputError",
+    "RunDirError",
+    "TrainingDiverged",
+]
+
+
+class FincError(Exception):
+    """A problem the user can fix; the message is one line naming the problem and the fix.
+
+    `exit_code` is what the CLI exits with: 2 for bad input (nothing was written), 1 for a run
+    that failed on its own (see TrainingDiverged). Anything that is not a FincError (nor an
+    OSError) reaching the CLI is a bug in finc and is reported as an internal error.
+    """
+
+    exit_code = 2
+
+
+class InputError(FincError, ValueError):
+    """A bad option or argument value (a count, a temperature, a device, a shape)."""
+
+
+class ConfigError(FincError, ValueError):
+    """A preset, override or architecture that cannot be used."""
+
+
+class DatasetError(FincError, ValueError):
+    """A dataset that is unknown, missing or malformed on disk."""
+
+
+class CheckpointError(FincError, ValueError):
+    """A checkpoint that cannot be read or does not fit its model."""
+
+
+class ImageInputError(FincError, ValueError):
+    """An input image or latents file that cannot be used with this model."""
+
+
+class OutputError(FincError, ValueError):
+    """An output path that cannot be written."""
+
+
+class RunDirError(FincError, ValueError):
+    """A run directory that cannot be used as asked (occupied, or nothing to resume)."""
+
+
+class InverseBackendError(FincError, RuntimeError):
+    """An inverse backend that cannot run here; the message says why and what to use instead."""
+
+
+class TrainingDiverged(FincError, RuntimeError):
+    """Rollbacks did not help: the run keeps producing non-finite steps (exit 1, checkpoints intact)."""
+
+    exit_code = 1
