@@ -75,9 +75,14 @@ def load_images(paths: Sequence[str], channels: int, height: int, width: int, bi
             with Image.open(p) as img:
                 img.load()
                 if img.mode != mode:
-                    raise ImageInputError(f"{p} is a {img.mode} image but the model expects {mode} ({channels} channel{'s' if channels > 1 else ''})")
+                    raise ImageInputError(
+                        f"{p} is a {img.mode} image but the model expects {mode} "
+                        f"({channels} channel{'s' if channels > 1 else ''})"
+                    )
                 if img.size != (width, height):
-                    raise ImageInputError(f"{p} is {img.size[0]}×{img.size[1]} but the model expects {width}×{height}; resize it first")
+                    raise ImageInputError(
+                        f"{p} is {img.size[0]}×{img.size[1]} but the model expects {width}×{height}; resize it first"
+                    )
                 arr = np.asarray(img, dtype=np.float64)
         except FileNotFoundError:
             raise ImageInputError(f"image {p} does not exist") from None

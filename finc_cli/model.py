@@ -11,13 +11,13 @@ from torch import nn
 
 from finc_cli.config import Config, ModelConfig
 from finc_cli.data.preprocess import LogitPreprocess, dequantize, quantize
+from finc_cli.errors import ConfigError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
 from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
-from finc_cli.errors import ConfigError
 from finc_cli.losses import bits_per_dim
 
 __all__ = ["FlowModel", "build_model", "check_architecture", "level_channels"]
@@ -141,7 +141,9 @@ class FlowModel(nn.Module):
             if isinstance(m, AffineCoupling):
                 m.autocast_dtype = dtype
 
-    def dequantize(self, x: torch.Tensor, noise: str = "uniform", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def dequantize(
+        self, x: torch.Tensor, noise: str = "uniform", generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Integer images (B, C, H, W) -> v = (x + u) / bins on the model's device and dtype.
 
         noise='uniform': u ~ U[0, 1) from `generator`; 'center': u = 1/2 (deterministic, for encoding).
@@ -166,8 +168,12 @@ class FlowModel(nn.Module):
         latents.append(h)
         return latents, log_p + gaussian_log_prob(h)
 
-    def latents_to_v(self, latents: Sequence[Optional[torch.Tensor]], temperature: float = 1.0,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def latents_to_v(
+        self,
+        latents: Sequence[Optional[torch.Tensor]],
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         """Invert v_to_latents; a None split latent is sampled from its prior at `temperature`.
 
         The FInC inverses run on the backend `finc_cli.inverse.use_backend` selects (docs/inverse.md §5).
@@ -206,7 +212,9 @@ class FlowModel(nn.Module):
     # -- encode / decode / sample -------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, noise: str = "center", generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, noise: str = "center", generator: Optional[torch.Generator] = None
+    ) -> list[torch.Tensor]:
         """Integer images -> latents (every split z, then the final z); deterministic by default."""
         with _eval_mode(self):
             return self.v_to_latents(self.dequantize(x, noise, generator))[0]

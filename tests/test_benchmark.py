@@ -21,10 +21,34 @@ def _positive(value) -> bool:
 
 def test_layer_rows_every_layer_and_backend():
     rows = layer.layer_rows([(2, 4, 5, 6, 3)], backends=("wavefront", "paper"), **TINY)
-    keys = {"layer", "backend", "B", "C", "H", "W", "k", "dtype", "device", "forward_ms", "inverse_ms", "ratio", "max_err",
-            "forward_q1_ms", "forward_q3_ms", "inverse_q1_ms", "inverse_q3_ms", "repeats"}
+    keys = {
+        "layer",
+        "backend",
+        "B",
+        "C",
+        "H",
+        "W",
+        "k",
+        "dtype",
+        "device",
+        "forward_ms",
+        "inverse_ms",
+        "ratio",
+        "max_err",
+        "forward_q1_ms",
+        "forward_q3_ms",
+        "inverse_q1_ms",
+        "inverse_q3_ms",
+        "repeats",
+    }
     seen = {(r["layer"], r["backend"]) for r in rows}
-    assert seen == {("finc", "wavefront"), ("finc", "paper"), ("emerging", "raster"), ("cinc", "raster"), ("glow", "lu")}
+    assert seen == {
+        ("finc", "wavefront"),
+        ("finc", "paper"),
+        ("emerging", "raster"),
+        ("cinc", "raster"),
+        ("glow", "lu"),
+    }
     for r in rows:
         assert keys <= set(r)
         assert all(_positive(r[k]) for k in ("forward_ms", "inverse_ms", "ratio"))
@@ -76,7 +100,9 @@ def test_scaling_skips_sizes_predicted_too_slow():
 def test_fit_exponent_recovers_a_known_power():
     ns = [8, 16, 32, 64, 128]
     assert scaling.fit_exponent(ns, [3e-4 * n**1.5 for n in ns]) == pytest.approx(1.5)
-    fits = scaling.fit_exponents([{"backend": "b", "k": 3, "n": n, "median_ms": 0.1 * n**2 * (1.01 if n == 16 else 1)} for n in ns])
+    fits = scaling.fit_exponents(
+        [{"backend": "b", "k": 3, "n": n, "median_ms": 0.1 * n**2 * (1.01 if n == 16 else 1)} for n in ns]
+    )
     assert fits[0]["exponent"] == pytest.approx(2.0, abs=0.01) and fits[0]["exponent_large"] == pytest.approx(2.0)
     assert math.isnan(scaling.fit_exponent([8], [1.0]))
 
@@ -115,8 +141,23 @@ def test_cli_layer_json_is_one_object(tmp_path):
     csv_path = tmp_path / "rows.csv"
     result = CliRunner().invoke(
         _app(),
-        ["benchmark", "layer", "--shape", "1,4,4,4,2", "--backend", "wavefront", "--repeats", "1", "--warmup", "0",
-         "--threads", "1", "--json", "--csv", str(csv_path)],
+        [
+            "benchmark",
+            "layer",
+            "--shape",
+            "1,4,4,4,2",
+            "--backend",
+            "wavefront",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+            "--csv",
+            str(csv_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -127,12 +168,51 @@ def test_cli_layer_json_is_one_object(tmp_path):
 
 def test_cli_model_and_scaling_render_tables():
     runner = CliRunner()
-    model = runner.invoke(_app(), ["benchmark", "model", "--preset", "digits", "--batch-size", "2", "--set", "model.steps=1",
-                                   "--set", "model.hidden=8", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    model = runner.invoke(
+        _app(),
+        [
+            "benchmark",
+            "model",
+            "--preset",
+            "digits",
+            "--batch-size",
+            "2",
+            "--set",
+            "model.steps=1",
+            "--set",
+            "model.hidden=8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+        ],
+    )
     assert model.exit_code == 0, model.output
     assert "137.04" in model.stdout and "17.19" in model.stdout  # the paper's table is printed beside
-    scaling = runner.invoke(_app(), ["benchmark", "scaling", "-n", "4", "-n", "8", "-k", "2", "--backend", "wavefront",
-                                     "--channels", "4", "--repeats", "1", "--threads", "1", "--json"])
+    scaling = runner.invoke(
+        _app(),
+        [
+            "benchmark",
+            "scaling",
+            "-n",
+            "4",
+            "-n",
+            "8",
+            "-k",
+            "2",
+            "--backend",
+            "wavefront",
+            "--channels",
+            "4",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
     assert scaling.exit_code == 0, scaling.output
     data = json.loads(scaling.stdout)
     assert len(data["rows"]) == 2 and data["fits"][0]["backend"] == "wavefront"
@@ -158,7 +238,8 @@ def test_cli_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, finc_cli.cli.benchmark, finc_cli.bench.report, finc_cli.bench.tables; print('torch' in sys.modules)"
+    modules = "finc_cli.cli.benchmark, finc_cli.bench.report, finc_cli.bench.tables"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -173,7 +254,8 @@ def test_replace_section_keeps_surrounding_text():
     assert report.replace_section(new, "unit", "new table") == new  # idempotent
     added = report.replace_section(new, "model", "model table", "Model")
     assert added.startswith(new.rstrip("\n")) and added.endswith(
-        "## Model\n\n<!-- bench:model:start -->\nmodel table\n<!-- bench:model:end -->\n")
+        "## Model\n\n<!-- bench:model:start -->\nmodel table\n<!-- bench:model:end -->\n"
+    )
     assert report.replace_section(added, "unit", "a $1 \\1 table").count("a $1 \\1 table") == 1
 
 
@@ -201,8 +283,30 @@ def test_bench_report_quick_run_writes_every_section(tmp_path):
 
 def test_unit_pivot_marks_targets():
     rows = [
-        {"B": 1, "C": 12, "H": 64, "W": 64, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 8.0, "ratio": 8.0, "max_err": 1e-7},
-        {"B": 16, "C": 12, "H": 16, "W": 16, "k": 3, "backend": "wavefront", "forward_ms": 1.0, "inverse_ms": 4.0, "ratio": 4.0, "max_err": 1e-7},
+        {
+            "B": 1,
+            "C": 12,
+            "H": 64,
+            "W": 64,
+            "k": 3,
+            "backend": "wavefront",
+            "forward_ms": 1.0,
+            "inverse_ms": 8.0,
+            "ratio": 8.0,
+            "max_err": 1e-7,
+        },
+        {
+            "B": 16,
+            "C": 12,
+            "H": 16,
+            "W": 16,
+            "k": 3,
+            "backend": "wavefront",
+            "forward_ms": 1.0,
+            "inverse_ms": 4.0,
+            "ratio": 4.0,
+            "max_err": 1e-7,
+        },
     ]
     pivot = tables.unit_pivot(rows)
     assert [(p["target"], p["met"]) for p in pivot] == [(10.0, "yes"), (3.0, "no")]

@@ -12,7 +12,14 @@ import torch
 
 from finc_cli import __version__
 from finc_cli.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
-from finc_cli.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from finc_cli.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from finc_cli.config import load_preset
 from finc_cli.model import build_model
 
@@ -142,7 +149,10 @@ def test_architecture_mismatch_is_summarised(tiny, tmp_path):
     wide["model"]["hidden"] = 16
     path = tmp_path / "wide.pt"
     save_checkpoint(path, {"config": wide, "model": model.state_dict()})
-    with pytest.raises(CheckpointError, match=r"wrong shape \(e.g. levels\.0\.steps\.0\.coupling\.net\.0\.weight \(8, 2, 3, 3\) vs \(16, 2, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong shape \(e.g. levels\.0\.steps\.0\.coupling\.net\.0\.weight \(8, 2, 3, 3\) vs \(16, 2, 3, 3\)",
+    ):
         load_checkpoint(path)
 
 

@@ -210,7 +210,9 @@ def test_cli_import_does_not_import_torch():
 
 def test_finc_help_does_not_import_torch():
     """The real entry point (with every registered command): `finc --help` stays well under a second."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "finc_cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "finc_cli", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "invert" in proc.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "typer" in imported and not [name for name in imported if name.split(".")[0] == "torch"]

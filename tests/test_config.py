@@ -111,4 +111,3 @@ def test_parse_override_needs_an_equals_sign():
 def test_exponent_without_a_dot_is_a_number():
     key, value = parse_override("train.lr=3e-4")
     assert load_preset("digits", {key: value}).train.lr == pytest.approx(3e-4)
-

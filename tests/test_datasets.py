@@ -89,7 +89,9 @@ def _write_imagenet(root: Path, size: int, npz: bool, single_folder: bool = Fals
         if npz:
             np.savez(train_dir / f"train_data_batch_{k}.npz", data=_rows(b), labels=np.arange(4))
         else:
-            _write_pickle(train_dir / f"train_data_batch_{k}", {"data": _rows(b), "labels": [1] * 4, "mean": b.mean(0)}, 4)
+            _write_pickle(
+                train_dir / f"train_data_batch_{k}", {"data": _rows(b), "labels": [1] * 4, "mean": b.mean(0)}, 4
+            )
     if npz:
         np.savez(val_dir / "val_data.npz", data=_rows(val), labels=np.arange(3))
     else:
@@ -192,7 +194,9 @@ def test_digits_splits():
     all_images = torch.from_numpy(load_digits().images.astype(np.uint8))
     union = torch.cat([get_dataset("digits", s).images[:, 0] for s in ("train", "val", "test")])
     # the three splits partition the 1797 images: same multiset of images
-    assert sorted(map(bytes, union.reshape(1797, -1).numpy())) == sorted(map(bytes, all_images.reshape(1797, -1).numpy()))
+    assert sorted(map(bytes, union.reshape(1797, -1).numpy())) == sorted(
+        map(bytes, all_images.reshape(1797, -1).numpy())
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +313,9 @@ def test_cifar_malformed(cifar_root, payload, message):
 # downsampled ImageNet
 
 
-@pytest.mark.parametrize("size, npz, single", [(32, False, False), (32, True, False), (64, False, True), (64, True, True)])
+@pytest.mark.parametrize(
+    "size, npz, single", [(32, False, False), (32, True, False), (64, False, True), (64, True, True)]
+)
 def test_imagenet_layouts(tmp_path, size, npz, single):
     train, val = _write_imagenet(tmp_path, size, npz, single)
     name = f"imagenet{size}"

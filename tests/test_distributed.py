@@ -24,6 +24,9 @@ TINY = {
 }
 
 
+pytestmark = pytest.mark.slow  # each test spawns gloo process groups
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +34,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str, overrides: dict, resume, result_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     from finc_cli.train import train
 
@@ -46,7 +51,9 @@ def _run(world: int, out, overrides: dict, tmp_path, resume=None) -> list[dict]:
     if world == 1:
         _worker_single(str(out), overrides, resume, str(result_dir))
     else:
-        mp.spawn(_worker, args=(world, _free_port(), str(out), overrides, resume, str(result_dir)), nprocs=world, join=True)
+        mp.spawn(
+            _worker, args=(world, _free_port(), str(out), overrides, resume, str(result_dir)), nprocs=world, join=True
+        )
     return [json.loads((result_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -66,7 +73,7 @@ def _losses(run_dir) -> dict:
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    single = _run(1, tmp_path / "single", TINY, tmp_path)
+    _run(1, tmp_path / "single", TINY, tmp_path)
     double = _run(2, tmp_path / "ddp", TINY, tmp_path)
     assert double[0]["world_size"] == 2
     # Both ranks end with bit-identical parameters.
@@ -86,7 +93,7 @@ def test_resume_under_two_processes_continues_the_run(tmp_path):
     resumed = _run(2, tmp_path / "run", TINY, tmp_path, resume="auto")
     assert resumed[0]["resumed_from"].endswith("last.pt")
     assert resumed[0]["steps"] == 4 and resumed[0]["steps_this_run"] == 2
-    straight = _run(2, tmp_path / "straight", TINY, tmp_path)
+    _run(2, tmp_path / "straight", TINY, tmp_path)
     losses_resumed, losses_straight = _losses(tmp_path / "run"), _losses(tmp_path / "straight")
     assert sorted(losses_resumed) == [1, 2, 3, 4]  # no duplicated steps after resume
     for step in losses_straight:
@@ -98,7 +105,7 @@ def test_resume_with_a_different_number_of_processes(tmp_path):
     _run(2, tmp_path / "run", half, tmp_path)
     resumed = _run(1, tmp_path / "run", TINY, tmp_path, resume="auto")
     assert resumed[0]["steps"] == 4 and resumed[0]["world_size"] == 1
-    straight = _run(1, tmp_path / "straight", TINY, tmp_path)
+    _run(1, tmp_path / "straight", TINY, tmp_path)
     a, b = _losses(tmp_path / "run"), _losses(tmp_path / "straight")
     for step in b:
         assert abs(a[step] - b[step]) < 1e-4 * abs(b[step])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from jacobians import dense_jacobian
 
 from finc_cli import inverse
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
@@ -27,8 +28,7 @@ def _layer(C, k, std=0.3, seed=0):
 
 def _dense_jacobian(layer, shape):
     """Dense Jacobian of y = f(x) for one image, (D, D) with D = C·H·W."""
-    x = torch.zeros(1, *shape, dtype=torch.float64)
-    return torch.autograd.functional.jacobian(lambda t: layer(t.view(1, *shape))[0].reshape(-1), x.reshape(-1))
+    return dense_jacobian(lambda t: layer(t)[0], torch.zeros(1, *shape, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("B,C,H,W,k", SHAPES)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from finc_problems import random_finc_problem
 
 from finc_cli import inverse as seam
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
-from finc_problems import random_finc_problem
 
 
 def _gpu_ready() -> bool:

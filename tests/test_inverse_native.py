@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from finc_problems import random_finc_problem
 
 from finc_cli import inverse
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
 from finc_cli.inverse import native
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
-from finc_problems import random_finc_problem
 
 needs_compiler = pytest.mark.skipif(not native.is_available("cpu"), reason="no working C compiler")
 
@@ -140,7 +140,7 @@ def test_damaged_cache_entry_is_rebuilt(fresh_native, monkeypatch, tmp_path):
 
 
 def test_unit_ratio_rows_smoke():
-    """The unit-ratio measurement (`finc benchmark layer`, BENCHMARKS.md section "unit") runs native beside the wavefront."""
+    """The unit-ratio measurement (`finc benchmark layer`, BENCHMARKS.md "unit") runs native beside the wavefront."""
     import math
 
     from finc_cli.bench import tables

@@ -3,7 +3,7 @@ without spills; the CuPy launcher imports and plans launches without a GPU."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -17,11 +17,11 @@ def _nvrtc_or_skip():
         from cupy.cuda import nvrtc
 
         nvrtc.getVersion()
-    except Exception as exc:  # cupy missing, or libnvrtc cannot be loaded
+    except Exception as exc:  # noqa: BLE001 - cupy missing, or libnvrtc cannot be loaded
         pytest.skip(f"NVRTC is not usable here ({type(exc).__name__}: {exc})")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _report(filename: str, arch: str) -> tuple:
     from finc_cli.inverse import kernel_report
 
@@ -36,6 +36,7 @@ def test_kernel_sources_are_found_and_read_with_line_markers():
     assert head == ["#define FINC_MAX_BLOCK 512", f'#line 1 "{ks.INVERSE_SOURCE}"']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("filename", [p.name for p in ks.kernel_files()])
 def test_kernels_compile_without_spills_within_register_budget(filename, arch):
@@ -59,7 +60,9 @@ def test_compile_error_carries_the_compiler_log():
     from finc_cli.inverse import kernel_report
 
     with pytest.raises(kernel_report.KernelCompileError, match="broken.cu.*(error|identifier)"):
-        kernel_report.compile_program('#line 1 "broken.cu"\n__global__ void f() { undefined_name(); }', "broken.cu", "sm_90")
+        kernel_report.compile_program(
+            '#line 1 "broken.cu"\n__global__ void f() { undefined_name(); }', "broken.cu", "sm_90"
+        )
 
 
 def test_ptxas_log_parser():

@@ -17,23 +17,26 @@ from __future__ import annotations
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
 from emu.emulator import EmulationError, Emulator, Launch, compiler
 from emu.fake_cupy import FakeCupy
+from finc_problems import random_finc_problem
+
 from finc_cli import inverse as seam
 from finc_cli.inverse import cupy_backend as cb
 from finc_cli.inverse import kernel_source as ks
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
-from finc_problems import random_finc_problem
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="g++ is not on PATH (the CUDA emulation compiles with it)")
+pytestmark = [
+    pytest.mark.slow,  # compiles the emulated kernels once per dtype (about 25 s)
+    pytest.mark.skipif(compiler() is None, reason="g++ is not on PATH (the CUDA emulation compiles with it)"),
+]
 
 # (C type, k, C', B, H, W): both dtypes × k ∈ {1, 2, 3, 5} × C' ∈ {1, 3}; H ≠ W, B ∈ {1, 3},
 # a one-row and a one-column image.
@@ -78,7 +81,7 @@ def emulator(tmp_path_factory) -> Emulator:
     return emu
 
 
-@lru_cache(maxsize=None)
+@cache
 def _problem(ctype: str, k: int, cg: int, B: int, H: int, W: int, seed: int = 0):
     """(y, weight, linv) with y = finc_conv2d(x) computed in float64, then cast to the C type."""
     _, y, w = random_finc_problem(B, cg, H, W, k, std=0.1, seed=seed)
@@ -86,7 +89,7 @@ def _problem(ctype: str, k: int, cg: int, B: int, H: int, W: int, seed: int = 0)
     return y, w, seam.centre_inverse(w)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reference(*problem) -> torch.Tensor:
     """The reference inverse of `_problem(*problem)`, in float64."""
     y, w, linv = _problem(*problem)
@@ -114,8 +117,11 @@ def _launches(entry: str, variant: str, ctype: str, k: int, cg: int, B: int, H: 
     threads = 32 if wide else 8
     if entry == "paper_step":
         grid = (-(-4 * min(H, W) // threads), B) if wide else (1, 1)
-        return [Launch(entry, grid, threads, ("y", "weight", "x"), (B, H, W, d, c))
-                for d in range(H + W - 1) for c in range(cg)]
+        return [
+            Launch(entry, grid, threads, ("y", "weight", "x"), (B, H, W, d, c))
+            for d in range(H + W - 1)
+            for c in range(cg)
+        ]
     grid = (-(-4 * cg * min(H, W) // threads), B) if wide else (1, max(1, B - 1))
     m_items = 4 * cg * (k * k - 1) * cg
     prepare = [Launch("prepare", (-(-m_items // threads) if wide else 1, 1), threads, ("weight", "linv", "m"))]
@@ -194,8 +200,8 @@ def fake_cupy(emulator, monkeypatch) -> FakeCupy:
     fake = FakeCupy(emulator)
     monkeypatch.setattr(cb, "_require", lambda y: fake)
     monkeypatch.setattr(cb, "_device_index", lambda device: 0)
-    for cache in ("_kernels", "_shared_optin", "_optin_set"):
-        monkeypatch.setattr(cb, cache, {})
+    for name in ("_kernels", "_shared_optin", "_optin_set"):
+        monkeypatch.setattr(cb, name, {})
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=0))
     return fake
 

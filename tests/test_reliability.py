@@ -103,7 +103,9 @@ def _bad_checkpoints(ckpt: Path, folder: Path) -> dict[str, Path]:
     data = read_checkpoint(ckpt)
     data["config"]["model"]["hidden"] = 16  # the weights are width 8
     paths["mismatch"] = folder / "mismatch.pt"
-    save_checkpoint(paths["mismatch"], {k: v for k, v in data.items() if k not in ("format", "format_version", "finc_version")})
+    save_checkpoint(
+        paths["mismatch"], {k: v for k, v in data.items() if k not in ("format", "format_version", "finc_version")}
+    )
     return paths
 
 
@@ -180,6 +182,7 @@ def _start(cmd: list[str], out: Path, after_lines: int) -> subprocess.Popen:
     pytest.fail("training did not log a step within 120 s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_writes_a_resumable_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     out = tmp_path / "run"
@@ -195,6 +198,7 @@ def test_signal_writes_a_resumable_checkpoint_and_exits_cleanly(tmp_path, sig, c
     assert read_checkpoint(out / "last.pt")["train_state"]["step"] == step + 1
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_leaves_last_pt_loadable(tmp_path):
     rng = random.Random(9)
     out = tmp_path / "run"
@@ -251,7 +255,9 @@ def test_resume_after_interruption_is_bit_exact_on_cpu(tmp_path):
     assert a["train_state"] == b["train_state"]
     whole_log = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     split_log = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
-    assert len(whole_log) == 6 + 3 and _comparable(split_log) == _comparable(whole_log)  # same losses, lr; no duplicates
+    assert len(whole_log) == 6 + 3 and _comparable(split_log) == _comparable(
+        whole_log
+    )  # same losses, lr; no duplicates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +305,13 @@ class _Log(train_mod.Reporter):
 
 
 def _guard_cfg(steps: int, **train):
-    overrides = {**TINY_OVERRIDES, "train.steps": steps, "train.log_every": 1, "train.eval_every": 1000, "train.max_bad_steps": 2}
+    overrides = {
+        **TINY_OVERRIDES,
+        "train.steps": steps,
+        "train.log_every": 1,
+        "train.eval_every": 1000,
+        "train.max_bad_steps": 2,
+    }
     return load_preset("digits", {**overrides, **{f"train.{k}": v for k, v in train.items()}})
 
 
@@ -322,7 +334,10 @@ def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
     assert good_at_4 and inject.ckpt_at[7]["train_state"]["step"] == 4
     for key, value in good_at_4.items():  # step 8 starts from the step-4 weights, not step 5's
         assert torch.equal(inject.snapshot[8][key], value), key
-    assert not torch.equal(inject.snapshot[6]["levels.0.steps.0.coupling.net.0.weight"], good_at_4["levels.0.steps.0.coupling.net.0.weight"])
+    assert not torch.equal(
+        inject.snapshot[6]["levels.0.steps.0.coupling.net.0.weight"],
+        good_at_4["levels.0.steps.0.coupling.net.0.weight"],
+    )
     assert any(line.startswith("step 6: non-finite loss") for line in log.lines)
     assert any("rolled back" in line and "step 4" in line for line in log.lines)
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
@@ -410,7 +425,10 @@ def test_malformed_dataset(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("size,mode,words", [((10, 10), "L", ["10×10", "8×8"]), ((8, 8), "RGB", ["RGB", "expects L"]), (None, None, ["not a readable image"])])
+@pytest.mark.parametrize(
+    "size,mode,words",
+    [((10, 10), "L", ["10×10", "8×8"]), ((8, 8), "RGB", ["RGB", "expects L"]), (None, None, ["not a readable image"])],
+)
 def test_invert_rejects_wrong_images(ckpt, tmp_path, size, mode, words):
     image = tmp_path / "in.png"
     if size is None:
@@ -508,7 +526,9 @@ def test_enospc_writing_a_checkpoint(run, tmp_path, monkeypatch):
     shutil.copytree(run, copy)
     before = {name: (copy / name).read_bytes() for name in ("last.pt", "best.pt")}
     monkeypatch.setattr(torch, "save", _enospc_after_partial_write(1))
-    one_line_error(invoke("train", "--out", copy, "--resume", "auto", "--steps", 3, "--quiet"), 1, "No space left", ".pt")
+    one_line_error(
+        invoke("train", "--out", copy, "--resume", "auto", "--steps", 3, "--quiet"), 1, "No space left", ".pt"
+    )
     assert {name: (copy / name).read_bytes() for name in before} == before and not tmp_files(copy)
     assert read_checkpoint(copy / "last.pt")["train_state"]["step"] == 2
 

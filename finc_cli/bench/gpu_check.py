@@ -1,4 +1,4 @@
-"""`python -m finc_cli.bench.gpu_check`: the GPU tests, then GPU timings of the FInC inverse, the models and a training step.
+"""`python -m finc_cli.bench.gpu_check`: the GPU tests, then GPU timings of the FInC inverse, models and a train step.
 
 Meant for a lent GPU machine, run from the source tree with its own torch / CuPy / pytest and no
 install step (`make gpu-check`). Runs `pytest -m gpu`, then times with the shared benchmark
@@ -38,20 +38,41 @@ DEADLINE_S = 7 * 60  # later sections are skipped past this (the whole check sho
 CUDA = torch.device("cuda")
 
 UNIT_COLUMNS = [
-    ("C×H×W", "shape", "s"), ("batch", "batch", "d"), ("path", "path", "s"), ("forward ms", "forward_ms", ".3g"),
-    ("cupy ms", "cupy_ms", ".3g"), ("cupy kernel ms", "cupy_kernel_ms", ".3g"), ("wavefront ms", "wavefront_ms", ".3g"),
-    ("paper ms", "paper_ms", ".3g"), ("cupy ÷ fwd", "cupy_over_forward", ".2f"), ("paper ÷ cupy", "paper_over_cupy", ".1f"),
-    ("err vs wavefront", "max_err_cupy_vs_wavefront", ".1e"), ("round-trip err", "max_err_reconstruction", ".1e"),
+    ("C×H×W", "shape", "s"),
+    ("batch", "batch", "d"),
+    ("path", "path", "s"),
+    ("forward ms", "forward_ms", ".3g"),
+    ("cupy ms", "cupy_ms", ".3g"),
+    ("cupy kernel ms", "cupy_kernel_ms", ".3g"),
+    ("wavefront ms", "wavefront_ms", ".3g"),
+    ("paper ms", "paper_ms", ".3g"),
+    ("cupy ÷ fwd", "cupy_over_forward", ".2f"),
+    ("paper ÷ cupy", "paper_over_cupy", ".1f"),
+    ("err vs wavefront", "max_err_cupy_vs_wavefront", ".1e"),
+    ("round-trip err", "max_err_reconstruction", ".1e"),
     ("ok", "ok", "s"),
 ]
 MODEL_COLUMNS = [
-    ("preset", "preset", "s"), ("model", "model", "s"), ("inverse", "backend", "s"), ("batch", "batch", "d"),
-    ("params M", "params_m", ".3g"), ("FT ms", "ft_ms", ".3g"), ("ST ms", "st_ms", ".3g"), ("ST/FT", "st_over_ft", ".2f"),
-    ("ST ÷ Glow ST", "st_vs_glow", ".2f"), ("unit err", "max_unit_err", ".1e"), ("note", "note", "s"),
+    ("preset", "preset", "s"),
+    ("model", "model", "s"),
+    ("inverse", "backend", "s"),
+    ("batch", "batch", "d"),
+    ("params M", "params_m", ".3g"),
+    ("FT ms", "ft_ms", ".3g"),
+    ("ST ms", "st_ms", ".3g"),
+    ("ST/FT", "st_over_ft", ".2f"),
+    ("ST ÷ Glow ST", "st_vs_glow", ".2f"),
+    ("unit err", "max_unit_err", ".1e"),
+    ("note", "note", "s"),
 ]
 TRAIN_COLUMNS = [
-    ("preset", "preset", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"), ("step ms", "step_ms", ".3g"),
-    ("images/s", "images_per_s", ".0f"), ("peak GiB", "peak_gib", ".2f"), ("note", "note", "s"),
+    ("preset", "preset", "s"),
+    ("precision", "precision", "s"),
+    ("batch", "batch", "d"),
+    ("step ms", "step_ms", ".3g"),
+    ("images/s", "images_per_s", ".0f"),
+    ("peak GiB", "peak_gib", ".2f"),
+    ("note", "note", "s"),
 ]
 
 
@@ -81,13 +102,13 @@ def _median_ms(times: dict, name: str) -> float:
 def unit_rows(shapes=LEVEL_SHAPES, batches=BATCHES, kernel_size: int = 3) -> list[dict]:
     """Per (C, H, W) and batch: forward and inverse times (ms) of one FInC unit, float32."""
     from finc_cli.flows.finc_conv import FInCConv2d
-    from finc_cli.inverse import use_backend
-    from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule, plan_launch, shared_memory_limit
+    from finc_cli.inverse.cupy_backend import (
+        cupy_inverse,
+        cupy_inverse_paper_schedule,
+        plan_launch,
+        shared_memory_limit,
+    )
     from finc_cli.inverse.wavefront import wavefront_inverse
-
-    def inverse_on(layer, y, backend):
-        with use_backend(backend):
-            return layer.inverse(y)
 
     rows, limit = [], shared_memory_limit()
     for batch in batches:
@@ -103,26 +124,42 @@ def unit_rows(shapes=LEVEL_SHAPES, batches=BATCHES, kernel_size: int = 3) -> lis
                 paper = cupy_inverse_paper_schedule(y, weight, linv)
             plan = plan_launch(batch, H, W, kernel_size, C // 4, 4, limit)
             row = {
-                "shape": f"{C}x{H}x{W}", "batch": batch, "path": plan.path,
-                "threads": plan.threads, "images_per_block": plan.images_per_block,
+                "shape": f"{C}x{H}x{W}",
+                "batch": batch,
+                "path": plan.path,
+                "threads": plan.threads,
+                "images_per_block": plan.images_per_block,
                 "max_err_cupy_vs_wavefront": (fused - wave).abs().max().item(),
                 "max_err_paper_vs_wavefront": (paper - wave).abs().max().item(),
                 "max_err_reconstruction": (fused - x).abs().max().item(),
             }
-            variants = {
-                "forward": lambda: layer(x),
-                "cupy": lambda: inverse_on(layer, y, "cupy"),
-                "cupy_kernel": lambda: cupy_inverse(y, weight, linv),
-                "wavefront": lambda: inverse_on(layer, y, "wavefront"),
-                "paper": lambda: cupy_inverse_paper_schedule(y, weight, linv),
-            }
-            times = time_interleaved(variants, repeats=30, warmup=3, device=CUDA, budget_s=0.5)
-            row.update({f"{name}_ms": _median_ms(times, name) for name in variants})
+            row.update(_unit_times(layer, x, y))
             row["cupy_over_forward"] = row["cupy_ms"] / row["forward_ms"]
             row["paper_over_cupy"] = row["paper_ms"] / row["cupy_ms"]
             row["ok"] = max(row["max_err_cupy_vs_wavefront"], row["max_err_paper_vs_wavefront"]) < 1e-3
             rows.append(row)
     return rows
+
+
+def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """{name_ms: median}: the unit's forward, its inverse through the seam on each backend, and the raw kernels."""
+    from finc_cli.inverse import use_backend
+    from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule
+
+    def inverse_on(backend):
+        with use_backend(backend):
+            return layer.inverse(y)
+
+    weight, linv = layer.inverse_operator()
+    variants = {
+        "forward": lambda: layer(x),
+        "cupy": lambda: inverse_on("cupy"),
+        "cupy_kernel": lambda: cupy_inverse(y, weight, linv),
+        "wavefront": lambda: inverse_on("wavefront"),
+        "paper": lambda: cupy_inverse_paper_schedule(y, weight, linv),
+    }
+    times = time_interleaved(variants, repeats=30, warmup=3, device=CUDA, budget_s=0.5)
+    return {f"{name}_ms": _median_ms(times, name) for name in variants}
 
 
 def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[float] = None) -> list[dict]:
@@ -162,9 +199,13 @@ def _unit_error(preset: str) -> float:
         return max((r["max_abs_err"] for r in model.reconstruction_report(x)), default=0.0)
 
 
-def train_rows(preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PRECISIONS,
-               deadline: Optional[float] = None) -> list[dict]:
-    """One optimizer step (forward, backward, Adam) of the preset's model on random images: ms, images/s, peak memory."""
+def train_rows(
+    preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PRECISIONS, deadline: Optional[float] = None
+) -> list[dict]:
+    """One optimizer step (forward, backward, Adam) of the preset's model on random images.
+
+    Rows: median ms per step, images/s and peak GPU memory, per precision and batch size.
+    """
     from finc_cli.config import load_preset
     from finc_cli.model import build_model
 
@@ -181,18 +222,10 @@ def train_rows(preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PREC
                 model.set_autocast(torch.bfloat16 if precision == "bf16" else None)
                 x = torch.randint(0, model.bins, (batch, *model.image_shape), dtype=torch.uint8, device=CUDA)
                 model.initialize(x)
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-                def step():
-                    optimizer.zero_grad(set_to_none=True)
-                    model(x).mean().backward()
-                    optimizer.step()
-
-                torch.cuda.reset_peak_memory_stats()
-                times = time_interleaved({"step": step}, repeats=5, warmup=2, device=CUDA)
-                ms = _median_ms(times, "step")
-                row.update(step_ms=ms, images_per_s=batch / (ms / 1e3),
-                           peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+                ms = _train_step_ms(model, x)
+                row.update(
+                    step_ms=ms, images_per_s=batch / (ms / 1e3), peak_gib=torch.cuda.max_memory_allocated() / 2**30
+                )
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, the check goes on
                 row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             rows.append(row)
@@ -200,18 +233,44 @@ def train_rows(preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PREC
     return rows
 
 
+def _train_step_ms(model, x: torch.Tensor) -> float:
+    """Median ms of zero_grad, forward (bits/dim), backward and an Adam step; peak memory counted from here."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(x).mean().backward()
+        optimizer.step()
+
+    torch.cuda.reset_peak_memory_stats()
+    return _median_ms(time_interleaved({"step": step}, repeats=5, warmup=2, device=CUDA), "step")
+
+
 def render(result: dict) -> str:
     env = result["environment"]
     out = ["## GPU check", ""]
-    keys = ("date", "gpu", "capability", "driver", "cuda_driver_api", "cuda_runtime", "torch", "cuda", "cupy", "nvrtc",
-            "python")
+    keys = (
+        "date",
+        "gpu",
+        "capability",
+        "driver",
+        "cuda_driver_api",
+        "cuda_runtime",
+        "torch",
+        "cuda",
+        "cupy",
+        "nvrtc",
+        "python",
+    )
     out += [f"- {key}: {env.get(key)}" for key in keys]
     tests = result.get("tests")
     if tests:
         out += ["", f"GPU tests (pytest -m gpu): rc={tests['returncode']} in {tests['seconds']} s: {tests['summary']}"]
-    sections = (("units", "One FInC unit, float32, k = 3 (ms, CUDA-event medians)", UNIT_COLUMNS),
-                ("models", "Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
-                ("train", "One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS))
+    sections = (
+        ("units", "One FInC unit, float32, k = 3 (ms, CUDA-event medians)", UNIT_COLUMNS),
+        ("models", "Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
+        ("train", "One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
+    )
     for key, title, columns in sections:
         if result.get(key):
             out += ["", f"### {title}", "", markdown_table(columns, result[key])]

@@ -147,13 +147,26 @@ def _shape_rows(shape, layers, backends, device, dtype, repeats, warmup, budget_
         if direction != "inverse":
             continue
         fwd, inv = summarize(times[(kind, None, "forward")]), summarize(samples)
-        rows.append({
-            "layer": kind, "backend": _label(kind, backend), "B": B, "C": C, "H": H, "W": W, "k": k,
-            "dtype": str(dtype).removeprefix("torch."), "device": str(device),
-            "forward_ms": fwd["median"], "forward_q1_ms": fwd["q1"], "forward_q3_ms": fwd["q3"],
-            "inverse_ms": inv["median"], "inverse_q1_ms": inv["q1"], "inverse_q3_ms": inv["q3"],
-            "ratio": inv["median"] / fwd["median"], "max_err": errors[(kind, backend)], "repeats": inv["n"],
-        })
+        rows.append(
+            {
+                "layer": kind,
+                "backend": _label(kind, backend),
+                "B": B,
+                "C": C,
+                "H": H,
+                "W": W,
+                "k": k,
+                "dtype": str(dtype).removeprefix("torch."),
+                "device": str(device),
+                "forward_ms": fwd["median"],
+                "forward_q1_ms": fwd["q1"],
+                "forward_q3_ms": fwd["q3"],
+                "inverse_ms": inv["median"],
+                "inverse_q1_ms": inv["q1"],
+                "inverse_q3_ms": inv["q3"],
+                "ratio": inv["median"] / fwd["median"],
+                "max_err": errors[(kind, backend)],
+                "repeats": inv["n"],
+            }
+        )
     return rows
-
-

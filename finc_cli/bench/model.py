@@ -19,10 +19,50 @@ __all__ = ["PAPER_TABLE", "model_rows", "paper_rows"]
 
 # The paper's table (seconds for 100 images; GPU not stated). None: not reported.
 PAPER_TABLE = (
-    {"dataset": "MNIST", "L": 2, "K": 16, "bpd": 1.05, "ft_s": 0.14, "st_s": 0.09, "emerging_st_s": 0.62, "cinc_st_s": None, "macow_st_s": None},
-    {"dataset": "CIFAR-10", "L": 3, "K": 32, "bpd": 3.39, "ft_s": 0.37, "st_s": 0.41, "emerging_st_s": 17.19, "cinc_st_s": 7.91, "macow_st_s": 3.23},
-    {"dataset": "ImageNet 32×32", "L": 3, "K": 48, "bpd": 4.13, "ft_s": 0.48, "st_s": 0.52, "emerging_st_s": 25.79, "cinc_st_s": 11.97, "macow_st_s": None},
-    {"dataset": "ImageNet 64×64", "L": 3, "K": 32, "bpd": 3.88, "ft_s": 1.43, "st_s": 2.11, "emerging_st_s": 137.04, "cinc_st_s": 55.71, "macow_st_s": 8.05},
+    {
+        "dataset": "MNIST",
+        "L": 2,
+        "K": 16,
+        "bpd": 1.05,
+        "ft_s": 0.14,
+        "st_s": 0.09,
+        "emerging_st_s": 0.62,
+        "cinc_st_s": None,
+        "macow_st_s": None,
+    },
+    {
+        "dataset": "CIFAR-10",
+        "L": 3,
+        "K": 32,
+        "bpd": 3.39,
+        "ft_s": 0.37,
+        "st_s": 0.41,
+        "emerging_st_s": 17.19,
+        "cinc_st_s": 7.91,
+        "macow_st_s": 3.23,
+    },
+    {
+        "dataset": "ImageNet 32×32",
+        "L": 3,
+        "K": 48,
+        "bpd": 4.13,
+        "ft_s": 0.48,
+        "st_s": 0.52,
+        "emerging_st_s": 25.79,
+        "cinc_st_s": 11.97,
+        "macow_st_s": None,
+    },
+    {
+        "dataset": "ImageNet 64×64",
+        "L": 3,
+        "K": 32,
+        "bpd": 3.88,
+        "ft_s": 1.43,
+        "st_s": 2.11,
+        "emerging_st_s": 137.04,
+        "cinc_st_s": 55.71,
+        "macow_st_s": 8.05,
+    },
 )
 
 
@@ -104,14 +144,28 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
         if what != "st":
             continue
         m, ft, st = cfgs[kind].model, summarize(times[(kind, None, "ft")], 1.0), summarize(samples, 1.0)
-        rows.append({
-            "model": kind, "backend": backend or "-", "preset": preset, "levels": m.levels, "steps": m.steps,
-            "hidden": m.hidden, "kernel_size": m.kernel_size, "params": models[kind].num_parameters(),
-            "batch": batch, "dtype": str(next(models[kind].parameters()).dtype).removeprefix("torch."),
-            "device": str(device), "ft_s": ft["median"], "ft_q1_s": ft["q1"], "ft_q3_s": ft["q3"],
-            "st_s": st["median"], "st_q1_s": st["q1"], "st_q3_s": st["q3"], "st_over_ft": st["median"] / ft["median"],
-            "st_vs_glow": None if glow_st is None else st["median"] / glow_st, "repeats": st["n"],
-        })
+        rows.append(
+            {
+                "model": kind,
+                "backend": backend or "-",
+                "preset": preset,
+                "levels": m.levels,
+                "steps": m.steps,
+                "hidden": m.hidden,
+                "kernel_size": m.kernel_size,
+                "params": models[kind].num_parameters(),
+                "batch": batch,
+                "dtype": str(next(models[kind].parameters()).dtype).removeprefix("torch."),
+                "device": str(device),
+                "ft_s": ft["median"],
+                "ft_q1_s": ft["q1"],
+                "ft_q3_s": ft["q3"],
+                "st_s": st["median"],
+                "st_q1_s": st["q1"],
+                "st_q3_s": st["q3"],
+                "st_over_ft": st["median"] / ft["median"],
+                "st_vs_glow": None if glow_st is None else st["median"] / glow_st,
+                "repeats": st["n"],
+            }
+        )
     return rows
-
-

@@ -18,10 +18,26 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from finc_cli.bench.tables import COLUMNS, UNIT_BACKENDS, markdown_table, scaling_columns, scaling_pivot, unit_columns, unit_pivot, with_speedups
+from finc_cli.bench.tables import (
+    COLUMNS,
+    UNIT_BACKENDS,
+    markdown_table,
+    scaling_columns,
+    scaling_pivot,
+    unit_columns,
+    unit_pivot,
+    with_speedups,
+)
 
 # (B, C, H, W, k): FInC units at the presets' level shapes, the last one batch 1 at 64×64.
-UNIT_SHAPES = ((16, 12, 16, 16, 3), (16, 48, 8, 8, 3), (64, 12, 16, 16, 3), (16, 12, 32, 32, 3), (4, 12, 32, 32, 5), (1, 12, 64, 64, 3))
+UNIT_SHAPES = (
+    (16, 12, 16, 16, 3),
+    (16, 48, 8, 8, 3),
+    (64, 12, 16, 16, 3),
+    (16, 12, 32, 32, 3),
+    (4, 12, 32, 32, 5),
+    (1, 12, 64, 64, 3),
+)
 BASELINE_SHAPES = ((16, 12, 32, 32, 3), (1, 12, 32, 32, 3))
 SECTIONS = ("env", "unit", "baselines", "model", "scaling")
 TITLES = {
@@ -89,27 +105,45 @@ def section_unit(args, env: dict, command: str) -> str:
 
     t0 = time.perf_counter()
     backends = cpu_backends(UNIT_BACKENDS)
-    rows = layer_rows(args.unit_shapes, ("finc",), backends, threads=args.threads, repeats=args.repeats, warmup=2,
-                            budget_s=args.budget)
+    rows = layer_rows(
+        args.unit_shapes,
+        ("finc",),
+        backends,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=2,
+        budget_s=args.budget,
+    )
     pivot = unit_pivot(rows, backends)
-    return (f"{_stamp(env, command, time.perf_counter() - t0)}\n\nMedian ms per call (float32). Target: the faster of "
-            "wavefront/native ≤ 3× the forward batched, ≤ 10× at batch 1 (64×64). `paper` is the paper's "
-            "channel-sequential schedule ((H+W−1)·C′ steps).\n\n" + markdown_table(unit_columns(backends), pivot))
+    return (
+        f"{_stamp(env, command, time.perf_counter() - t0)}\n\nMedian ms per call (float32). Target: the faster of "
+        "wavefront/native ≤ 3× the forward batched, ≤ 10× at batch 1 (64×64). `paper` is the paper's "
+        "channel-sequential schedule ((H+W−1)·C′ steps).\n\n" + markdown_table(unit_columns(backends), pivot)
+    )
 
 
 def section_baselines(args, env: dict, command: str) -> str:
     from finc_cli.bench.layer import LAYERS, SEQUENTIAL, layer_rows
 
     t0 = time.perf_counter()
-    rows = layer_rows(args.baseline_shapes, LAYERS, cpu_backends(UNIT_BACKENDS), threads=args.threads, repeats=args.repeats,
-                            warmup=2, budget_s=args.budget)
+    rows = layer_rows(
+        args.baseline_shapes,
+        LAYERS,
+        cpu_backends(UNIT_BACKENDS),
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=2,
+        budget_s=args.budget,
+    )
     rows = with_speedups(rows)
     seq = [r for r in rows if r["layer"] in SEQUENTIAL and r.get("vs_wavefront") is not None]
     worst = min((r["vs_wavefront"] for r in seq), default=None)
     verdict = "–" if worst is None else f"{worst:.1f}× ({'met' if worst >= 5 else 'not met'})"
-    return (f"{_stamp(env, command, time.perf_counter() - t0)}\n\nTarget: FInC wavefront inverse ≥ 5× faster than the "
-            f"Emerging and CInC raster-order inverses at 32×32. Smallest speed-up measured: {verdict}.\n\n"
-            + markdown_table(COLUMNS["baselines"], rows))
+    return (
+        f"{_stamp(env, command, time.perf_counter() - t0)}\n\nTarget: FInC wavefront inverse ≥ 5× faster than the "
+        f"Emerging and CInC raster-order inverses at 32×32. Smallest speed-up measured: {verdict}.\n\n"
+        + markdown_table(COLUMNS["baselines"], rows)
+    )
 
 
 def section_model(args, env: dict, command: str) -> str:
@@ -117,34 +151,60 @@ def section_model(args, env: dict, command: str) -> str:
 
     t0 = time.perf_counter()
     overrides = {"model.steps": args.model_steps} if args.model_steps else {}
-    rows = model_rows(args.preset, overrides, args.model_batch_sizes, cpu_backends(("native", "wavefront")), threads=args.threads,
-                            repeats=args.model_repeats, warmup=1)
+    rows = model_rows(
+        args.preset,
+        overrides,
+        args.model_batch_sizes,
+        cpu_backends(("native", "wavefront")),
+        threads=args.threads,
+        repeats=args.model_repeats,
+        warmup=1,
+    )
     depth = rows[0]["steps"] if rows else args.model_steps
     from finc_cli.config import load_preset
 
     full = load_preset(args.preset).model.steps
-    note = "" if depth == full else f" **Reduced depth: K = {depth} steps per level instead of the preset's {full}** (ST/FT and ST ÷ Glow ST compare per-step costs, so depth changes them little; `--model-steps 0` times the full model)."
-    return (f"{_stamp(env, command, time.perf_counter() - t0)}\n\nThe `{args.preset}` architecture, random weights, float32, "
-            f"seconds per call of the bits/dim forward (FT) and `sample` (ST) for the whole batch.{note} Targets: ST/FT ≤ 1.2 "
-            "at batch 100, ≤ 1.5 at batch 1; FInC ST ≤ 1.2× Glow ST.\n\n" + markdown_table(COLUMNS["model"], rows)
-            + "\n\nThe paper's table (seconds for 100 images, GPU not stated):\n\n"
-            + markdown_table(COLUMNS["paper"], paper_rows()))
+    note = (
+        ""
+        if depth == full
+        else f" **Reduced depth: K = {depth} steps per level instead of the preset's {full}** (ST/FT and ST ÷ Glow "
+        "ST compare per-step costs, so depth changes them little; `--model-steps 0` times the full model)."
+    )
+    return (
+        f"{_stamp(env, command, time.perf_counter() - t0)}\n\nThe `{args.preset}` architecture, random weights, "
+        f"float32, seconds per call of the bits/dim forward (FT) and `sample` (ST) for the whole batch.{note} "
+        "Targets: ST/FT ≤ 1.2 at batch 100, ≤ 1.5 at batch 1; FInC ST ≤ 1.2× Glow ST.\n\n"
+        + markdown_table(COLUMNS["model"], rows)
+        + "\n\nThe paper's table (seconds for 100 images, GPU not stated):\n\n"
+        + markdown_table(COLUMNS["paper"], paper_rows())
+    )
 
 
 def section_scaling(args, env: dict, command: str) -> str:
     from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
     t0 = time.perf_counter()
-    rows = scaling_rows(args.sizes, args.kernel_sizes, None, 1, 12, threads=args.threads, repeats=args.scaling_repeats,
-                              budget_s=args.budget, max_call_s=args.max_call_seconds)
+    rows = scaling_rows(
+        args.sizes,
+        args.kernel_sizes,
+        None,
+        1,
+        12,
+        threads=args.threads,
+        repeats=args.scaling_repeats,
+        budget_s=args.budget,
+        max_call_s=args.max_call_seconds,
+    )
     fits = fit_exponents(rows)
     pivot, ns = scaling_pivot(rows, fits)
-    return (f"{_stamp(env, command, time.perf_counter() - t0)}\n\nInverse of one layer, B = 1, C = 12, float32, median ms; "
-            "exponent e of time ∝ nᵉ (least squares in log-log, all sizes and n ≥ 32). The O(n·k²) claim is e = 1 with "
-            "one processor per pixel of an anti-diagonal; on 2 cores the per-step work is serial too, which pushes the "
-            "anti-diagonal backends towards 2 at large n; the raster-order baselines take n² steps. A dash: not "
-            f"measured because the call was predicted to exceed {args.max_call_seconds:g} s.\n\n"
-            + markdown_table(scaling_columns(ns), pivot))
+    return (
+        f"{_stamp(env, command, time.perf_counter() - t0)}\n\nInverse of one layer, B = 1, C = 12, float32, median ms; "
+        "exponent e of time ∝ nᵉ (least squares in log-log, all sizes and n ≥ 32). The O(n·k²) claim is e = 1 with "
+        "one processor per pixel of an anti-diagonal; on 2 cores the per-step work is serial too, which pushes the "
+        "anti-diagonal backends towards 2 at large n; the raster-order baselines take n² steps. A dash: not "
+        f"measured because the call was predicted to exceed {args.max_call_seconds:g} s.\n\n"
+        + markdown_table(scaling_columns(ns), pivot)
+    )
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -177,11 +237,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from finc_cli.bench.timing import environment
 
-    command = "python -m finc_cli.bench.report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python -m finc_cli.bench.report " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     env = environment("cpu", args.threads, "float32")
-    builders = {"env": lambda: section_env(env, command), "unit": lambda: section_unit(args, env, command),
-                "baselines": lambda: section_baselines(args, env, command), "model": lambda: section_model(args, env, command),
-                "scaling": lambda: section_scaling(args, env, command)}
+    builders = {
+        "env": lambda: section_env(env, command),
+        "unit": lambda: section_unit(args, env, command),
+        "baselines": lambda: section_baselines(args, env, command),
+        "model": lambda: section_model(args, env, command),
+        "scaling": lambda: section_scaling(args, env, command),
+    }
     sections = {}
     for name in args.sections:
         t0 = time.perf_counter()

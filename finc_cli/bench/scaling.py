@@ -53,11 +53,15 @@ def scaling_rows(
         unknown = [b for b in backends if b not in SCALING_BACKENDS]
         if unknown:
             raise InputError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(SCALING_BACKENDS)}")
-        names = finc_backends([b for b in backends if b not in SEQUENTIAL], dev) + [b for b in SEQUENTIAL if b in backends]
+        names = finc_backends([b for b in backends if b not in SEQUENTIAL], dev) + [
+            b for b in SEQUENTIAL if b in backends
+        ]
     rows = []
     with num_threads(threads):
         for k in kernel_sizes:
-            rows += _scaling_k(int(k), sizes, names, batch_size, channels, dev, dt, repeats, warmup, budget_s, max_call_s, seed)
+            rows += _scaling_k(
+                int(k), sizes, names, batch_size, channels, dev, dt, repeats, warmup, budget_s, max_call_s, seed
+            )
     return rows
 
 
@@ -77,17 +81,34 @@ def _scaling_k(k, sizes, names, B, C, device, dtype, repeats, warmup, budget_s, 
             for name in live:
                 layer = layers[name] if name in SEQUENTIAL else layers["finc"]
                 y, _ = layer(x)
-                fn = (lambda l=layer, y=y: l.inverse(y)) if name in SEQUENTIAL else (lambda y=y, b=name: _finc_inverse(layers["finc"], y, b))
+                fn = (
+                    (lambda l=layer, y=y: l.inverse(y))
+                    if name in SEQUENTIAL
+                    else (lambda y=y, b=name: _finc_inverse(layers["finc"], y, b))
+                )
                 errors[name] = max_error(fn, x)
                 variants[name] = fn
         times = time_interleaved(variants, repeats, warmup, device, budget_s)
         for name, samples in times.items():
             s = summarize(samples)
-            rows.append({
-                "backend": name, "k": k, "n": n, "B": B, "C": C, "dtype": str(dtype).removeprefix("torch."),
-                "device": str(device), "median_ms": s["median"], "q1_ms": s["q1"], "q3_ms": s["q3"],
-                "min_ms": s["min"], "max_ms": s["max"], "repeats": s["n"], "max_err": errors[name],
-            })
+            rows.append(
+                {
+                    "backend": name,
+                    "k": k,
+                    "n": n,
+                    "B": B,
+                    "C": C,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "device": str(device),
+                    "median_ms": s["median"],
+                    "q1_ms": s["q1"],
+                    "q3_ms": s["q3"],
+                    "min_ms": s["min"],
+                    "max_ms": s["max"],
+                    "repeats": s["n"],
+                    "max_err": errors[name],
+                }
+            )
             if pos + 1 < len(sizes) and s["median"] / 1e3 * (sizes[pos + 1] / n) ** 2 > max_call_s:
                 live.remove(name)
     return rows
@@ -117,9 +138,15 @@ def fit_exponents(rows: Iterable[dict], large_n: int = 32) -> list[dict]:
     for (backend, k), points in groups.items():
         points.sort()
         big = [p for p in points if p[0] >= large_n]
-        fits.append({
-            "backend": backend, "k": k, "exponent": fit_exponent(*zip(*points)),
-            "exponent_large": fit_exponent(*zip(*big)) if len(big) > 1 else math.nan,
-            "points": len(points), "n_min": points[0][0], "n_max": points[-1][0],
-        })
+        fits.append(
+            {
+                "backend": backend,
+                "k": k,
+                "exponent": fit_exponent(*zip(*points)),
+                "exponent_large": fit_exponent(*zip(*big)) if len(big) > 1 else math.nan,
+                "points": len(points),
+                "n_min": points[0][0],
+                "n_max": points[-1][0],
+            }
+        )
     return fits

@@ -1,4 +1,4 @@
-"""Benchmark tables: columns, cells, Markdown and CSV renderings, pivots; shared by the CLI, the report and the GPU check.
+"""Benchmark tables: columns, cells, Markdown, CSV and pivots, shared by the CLI, the report and the GPU check.
 
 Imports no torch, so the CLI can render without loading it.
 """
@@ -29,27 +29,52 @@ UNIT_BACKENDS = ("wavefront", "native", "paper")
 
 COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
     "layer": [
-        ("layer", "layer", "s"), ("backend", "backend", "s"), ("B,C,H,W,k", "shape", "s"),
-        ("forward ms", "forward_ms", ".3g"), ("fwd IQR", ("forward_q1_ms", "forward_q3_ms"), ".3g"),
-        ("inverse ms", "inverse_ms", ".3g"), ("inv IQR", ("inverse_q1_ms", "inverse_q3_ms"), ".3g"),
-        ("inv/fwd", "ratio", ".2f"), ("max err", "max_err", ".1e"), ("n", "repeats", "d"),
+        ("layer", "layer", "s"),
+        ("backend", "backend", "s"),
+        ("B,C,H,W,k", "shape", "s"),
+        ("forward ms", "forward_ms", ".3g"),
+        ("fwd IQR", ("forward_q1_ms", "forward_q3_ms"), ".3g"),
+        ("inverse ms", "inverse_ms", ".3g"),
+        ("inv IQR", ("inverse_q1_ms", "inverse_q3_ms"), ".3g"),
+        ("inv/fwd", "ratio", ".2f"),
+        ("max err", "max_err", ".1e"),
+        ("n", "repeats", "d"),
     ],
     "baselines": [
-        ("layer", "layer", "s"), ("inverse", "backend", "s"), ("B,C,H,W,k", "shape", "s"),
-        ("forward ms", "forward_ms", ".3g"), ("inverse ms", "inverse_ms", ".3g"),
-        ("inv IQR", ("inverse_q1_ms", "inverse_q3_ms"), ".3g"), ("inv/fwd", "ratio", ".2f"),
-        ("÷ FInC wavefront inverse", "vs_wavefront", ".1f"), ("÷ FInC native inverse", "vs_native", ".1f"),
+        ("layer", "layer", "s"),
+        ("inverse", "backend", "s"),
+        ("B,C,H,W,k", "shape", "s"),
+        ("forward ms", "forward_ms", ".3g"),
+        ("inverse ms", "inverse_ms", ".3g"),
+        ("inv IQR", ("inverse_q1_ms", "inverse_q3_ms"), ".3g"),
+        ("inv/fwd", "ratio", ".2f"),
+        ("÷ FInC wavefront inverse", "vs_wavefront", ".1f"),
+        ("÷ FInC native inverse", "vs_native", ".1f"),
     ],
     "model": [
-        ("model", "model", "s"), ("inverse", "backend", "s"), ("batch", "batch", "d"), ("L, K, width", "arch", "s"),
-        ("params M", "params_m", ".3g"), ("FT s", "ft_s", ".3g"), ("FT IQR", ("ft_q1_s", "ft_q3_s"), ".2g"),
-        ("ST s", "st_s", ".3g"), ("ST IQR", ("st_q1_s", "st_q3_s"), ".2g"), ("ST/FT", "st_over_ft", ".2f"),
+        ("model", "model", "s"),
+        ("inverse", "backend", "s"),
+        ("batch", "batch", "d"),
+        ("L, K, width", "arch", "s"),
+        ("params M", "params_m", ".3g"),
+        ("FT s", "ft_s", ".3g"),
+        ("FT IQR", ("ft_q1_s", "ft_q3_s"), ".2g"),
+        ("ST s", "st_s", ".3g"),
+        ("ST IQR", ("st_q1_s", "st_q3_s"), ".2g"),
+        ("ST/FT", "st_over_ft", ".2f"),
         ("ST ÷ Glow ST", "st_vs_glow", ".2f"),
     ],
     "paper": [
-        ("dataset", "dataset", "s"), ("L", "L", "d"), ("K", "K", "d"), ("FInC bpd", "bpd", ".2f"),
-        ("FT s", "ft_s", ".2f"), ("ST s", "st_s", ".2f"), ("ST/FT", "st_over_ft", ".2f"),
-        ("Emerging ST", "emerging_st_s", ".2f"), ("CInC ST", "cinc_st_s", ".2f"), ("MaCow ST", "macow_st_s", ".2f"),
+        ("dataset", "dataset", "s"),
+        ("L", "L", "d"),
+        ("K", "K", "d"),
+        ("FInC bpd", "bpd", ".2f"),
+        ("FT s", "ft_s", ".2f"),
+        ("ST s", "st_s", ".2f"),
+        ("ST/FT", "st_over_ft", ".2f"),
+        ("Emerging ST", "emerging_st_s", ".2f"),
+        ("CInC ST", "cinc_st_s", ".2f"),
+        ("MaCow ST", "macow_st_s", ".2f"),
     ],
 }
 
@@ -66,8 +91,10 @@ def format_cell(value: Any, spec: str) -> str:
 
 
 def cells(row: dict, columns: Sequence[tuple[str, Any, str]]) -> list[str]:
-    return [format_cell(tuple(row.get(k) for k in key) if isinstance(key, tuple) else _value(row, key), spec)
-            for _, key, spec in columns]
+    return [
+        format_cell(tuple(row.get(k) for k in key) if isinstance(key, tuple) else _value(row, key), spec)
+        for _, key, spec in columns
+    ]
 
 
 def _value(row: dict, key: str) -> Any:
@@ -104,7 +131,9 @@ def unit_pivot(rows: list[dict], backends: Sequence[str] = UNIT_BACKENDS) -> lis
     out: dict = {}
     for r in rows:
         key = (r["B"], r["C"], r["H"], r["W"], r["k"])
-        p = out.setdefault(key, {**{k: r[k] for k in ("B", "C", "H", "W", "k")}, "forward_ms": r["forward_ms"], "max_err": 0.0})
+        p = out.setdefault(
+            key, {**{k: r[k] for k in ("B", "C", "H", "W", "k")}, "forward_ms": r["forward_ms"], "max_err": 0.0}
+        )
         p[f"{r['backend']}_ms"], p[f"{r['backend']}_ratio"] = r["inverse_ms"], r["ratio"]
         p["max_err"] = max(p["max_err"], r["max_err"])
     for p in out.values():
@@ -119,7 +148,12 @@ def unit_columns(backends: Sequence[str] = UNIT_BACKENDS) -> list:
     cols = [("B,C,H,W,k", "shape", "s"), ("forward ms", "forward_ms", ".3g")]
     cols += [(f"{b} ms", f"{b}_ms", ".3g") for b in backends]
     cols += [(f"{b} ÷ fwd", f"{b}_ratio", ".2f") for b in backends]
-    return cols + [("best ÷ fwd", "best_ratio", ".2f"), ("target", "target", ".0f"), ("met", "met", "s"), ("max err", "max_err", ".1e")]
+    return cols + [
+        ("best ÷ fwd", "best_ratio", ".2f"),
+        ("target", "target", ".0f"),
+        ("met", "met", "s"),
+        ("max err", "max_err", ".1e"),
+    ]
 
 
 def with_speedups(rows: list[dict]) -> list[dict]:
@@ -131,8 +165,15 @@ def with_speedups(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         shape = (r["B"], r["C"], r["H"], r["W"], r["k"])
-        out.append({**r, **{f"vs_{b}": (r["inverse_ms"] / ref[(*shape, b)] if (*shape, b) in ref else None)
-                            for b in ("wavefront", "native")}})
+        out.append(
+            {
+                **r,
+                **{
+                    f"vs_{b}": (r["inverse_ms"] / ref[(*shape, b)] if (*shape, b) in ref else None)
+                    for b in ("wavefront", "native")
+                },
+            }
+        )
     return out
 
 
@@ -149,7 +190,8 @@ def scaling_pivot(rows: list[dict], fits: list[dict]) -> tuple[list[dict], list[
 
 
 def scaling_columns(ns: Sequence[int]) -> list:
-    return ([("backend", "backend", "s"), ("k", "k", "d")] + [(f"n={n} ms", f"n{n}", ".3g") for n in ns]
-            + [("exponent", "exponent", ".2f"), ("exponent n≥32", "exponent_large", ".2f")])
-
-
+    return (
+        [("backend", "backend", "s"), ("k", "k", "d")]
+        + [(f"n={n} ms", f"n{n}", ".3g") for n in ns]
+        + [("exponent", "exponent", ".2f"), ("exponent n≥32", "exponent_large", ".2f")]
+    )

@@ -89,7 +89,8 @@ def time_interleaved(
                 last[name] = _time_once(fn, device)
         counts = {
             name: max(1, min(repeats, int(budget_s / max(last[name], 1e-9))))
-            if budget_s is not None and name in last else max(1, repeats)
+            if budget_s is not None and name in last
+            else max(1, repeats)
             for name in variants
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -104,9 +105,15 @@ def time_interleaved(
 def summarize(seconds: Sequence[float], unit: float = 1e3) -> dict:
     """median, quartiles, min and max of timings, scaled by `unit` (1e3: milliseconds)."""
     s = sorted(seconds)
-    q1, q3 = (statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) > 1 else (s[0], s[0]))
-    return {"median": unit * statistics.median(s), "q1": unit * q1, "q3": unit * q3,
-            "min": unit * s[0], "max": unit * s[-1], "n": len(s)}
+    q1, q3 = statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) > 1 else (s[0], s[0])
+    return {
+        "median": unit * statistics.median(s),
+        "q1": unit * q1,
+        "q3": unit * q3,
+        "min": unit * s[0],
+        "max": unit * s[-1],
+        "n": len(s),
+    }
 
 
 def environment(device: str = "cpu", threads: Optional[int] = None, dtype: str = "float32") -> dict:
@@ -134,7 +141,10 @@ def environment(device: str = "cpu", threads: Optional[int] = None, dtype: str =
 
 def gpu_details(device: torch.device) -> dict:
     """Compute capability, driver, and the CUDA runtime and NVRTC versions CuPy sees (None when unknown)."""
-    info: dict = {"capability": ".".join(map(str, torch.cuda.get_device_capability(device))), "driver": _driver_version()}
+    info: dict = {
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+        "driver": _driver_version(),
+    }
     try:
         import cupy
         from cupy.cuda import nvrtc
@@ -154,7 +164,10 @@ def _driver_version() -> Optional[str]:
 
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -30,7 +30,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help='Print one JSON object {"e
 CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="Also write the rows to this CSV file.")]
 BackendsOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--backend", help="Inverse backend (repeatable): wavefront, native, paper, cupy; default all available."),
+    typer.Option(
+        "--backend", help="Inverse backend (repeatable): wavefront, native, paper, cupy; default all available."
+    ),
 ]
 
 
@@ -89,7 +91,9 @@ def _print_env(env: dict) -> None:
 @handle_errors
 def layer_cli(
     shapes: Annotated[Optional[list[str]], typer.Option("--shape", help="B,C,H,W,k (repeatable).")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option("--layer", help="finc, emerging, cinc, glow (repeatable).")] = None,
+    layers: Annotated[
+        Optional[list[str]], typer.Option("--layer", help="finc, emerging, cinc, glow (repeatable).")
+    ] = None,
     backends: BackendsOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
@@ -116,9 +120,16 @@ def layer_cli(
 @handle_errors
 def model_cli(
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset whose architecture is timed.")] = "cifar10",
-    batch_sizes: Annotated[Optional[list[int]], typer.Option("--batch-size", min=1, help="Images per call (repeatable).")] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. model.steps=8 (repeatable).")] = None,
-    backends: Annotated[Optional[list[str]], typer.Option("--backend", help="FInC inverse backend for sampling (repeatable; default auto).")] = None,
+    batch_sizes: Annotated[
+        Optional[list[int]], typer.Option("--batch-size", min=1, help="Images per call (repeatable).")
+    ] = None,
+    sets: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override, e.g. model.steps=8 (repeatable).")
+    ] = None,
+    backends: Annotated[
+        Optional[list[str]],
+        typer.Option("--backend", help="FInC inverse backend for sampling (repeatable; default auto)."),
+    ] = None,
     no_glow: Annotated[bool, typer.Option("--no-glow", help="Skip the same-depth Glow model.")] = False,
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature.")] = 1.0,
     device: DeviceOpt = "cpu",
@@ -129,11 +140,22 @@ def model_cli(
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
-    """FT (forward, bits/dim) and ST (sampling) of a preset's FInC model beside the same-depth Glow; the paper's table too."""
+    """FT (forward, bits/dim) and ST (sampling) of a preset's FInC model beside the same-depth Glow, and the paper's."""
     from finc_cli.bench.model import model_rows, paper_rows
 
-    rows = model_rows(preset, parse_sets(sets), batch_sizes or [100], backends or ["auto"], device, dtype.value,
-                            repeats, warmup, threads, temperature, not no_glow)
+    rows = model_rows(
+        preset,
+        parse_sets(sets),
+        batch_sizes or [100],
+        backends or ["auto"],
+        device,
+        dtype.value,
+        repeats,
+        warmup,
+        threads,
+        temperature,
+        not no_glow,
+    )
     env = _environment(rows, device, threads, dtype)
     paper = paper_rows()
     if _output(env, rows, json_out, csv_path, {"paper": paper}):
@@ -150,16 +172,27 @@ def model_cli(
 @bench_app.command("scaling")
 @handle_errors
 def scaling_cli(
-    sizes: Annotated[Optional[list[int]], typer.Option("--size", "-n", min=1, help="Image size n, n×n (repeatable).")] = None,
-    kernel_sizes: Annotated[Optional[list[int]], typer.Option("--kernel-size", "-k", min=1, help="k (repeatable).")] = None,
-    backends: Annotated[Optional[list[str]], typer.Option("--backend", help="wavefront, native, paper, cupy, emerging, cinc (repeatable); default all.")] = None,
+    sizes: Annotated[
+        Optional[list[int]], typer.Option("--size", "-n", min=1, help="Image size n, n×n (repeatable).")
+    ] = None,
+    kernel_sizes: Annotated[
+        Optional[list[int]], typer.Option("--kernel-size", "-k", min=1, help="k (repeatable).")
+    ] = None,
+    backends: Annotated[
+        Optional[list[str]],
+        typer.Option("--backend", help="wavefront, native, paper, cupy, emerging, cinc (repeatable); default all."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per call.")] = 1,
     channels: Annotated[int, typer.Option("--channels", min=4, help="Channels C (a multiple of 4).")] = 12,
-    max_call_s: Annotated[float, typer.Option("--max-call-seconds", min=0.0, help="Stop growing n for a backend past this per call.")] = 1.0,
+    max_call_s: Annotated[
+        float, typer.Option("--max-call-seconds", min=0.0, help="Stop growing n for a backend past this per call.")
+    ] = 1.0,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     threads: ThreadsOpt = 2,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement (fewer when slow).")] = 5,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Timed calls per measurement (fewer when slow).")
+    ] = 5,
     warmup: WarmupOpt = 1,
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
@@ -167,8 +200,19 @@ def scaling_cli(
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
     from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
-    rows = scaling_rows(sizes or (8, 16, 32, 64, 128), kernel_sizes or (2, 3, 5, 7), backends, batch_size, channels,
-                              device, dtype.value, repeats, warmup, threads, max_call_s=max_call_s)
+    rows = scaling_rows(
+        sizes or (8, 16, 32, 64, 128),
+        kernel_sizes or (2, 3, 5, 7),
+        backends,
+        batch_size,
+        channels,
+        device,
+        dtype.value,
+        repeats,
+        warmup,
+        threads,
+        max_call_s=max_call_s,
+    )
     fits = fit_exponents(rows)
     env = _environment(rows, device, threads, dtype)
     if _output(env, rows, json_out, csv_path, {"fits": fits}):

@@ -24,7 +24,9 @@ state = {"debug": False}  # set by `finc --debug`
 
 # Typer's own exits and usage errors pass through to Typer (older Typer versions re-export Click's).
 _TYPER_EXCEPTIONS = tuple(
-    t for t in (typer.Exit, getattr(typer, "Abort", None), getattr(typer, "TyperException", None), typer.BadParameter) if t
+    t
+    for t in (typer.Exit, getattr(typer, "Abort", None), getattr(typer, "TyperException", None), typer.BadParameter)
+    if t
 )
 
 

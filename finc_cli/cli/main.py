@@ -12,8 +12,9 @@ from finc_cli.cli.common import console, emit_json, err_console, handle_errors, 
 
 EXIT_CODES = (
     "Exit codes: 0 success; 1 the run failed while writing (disk full, permission denied), training "
-    "diverged, or an internal error (a bug; --debug shows its traceback) - the previous files are intact; 2 bad input (preset, config key or value, dataset, "
-    "checkpoint, image, output path), one line on stderr, nothing written; 130 / 143 training "
+    "diverged, or an internal error (a bug; --debug shows its traceback) - the previous files are intact; "
+    "2 bad input (preset, config key or value, dataset, checkpoint, image, output path), one line on stderr, "
+    "nothing written; 130 / 143 training "
     "stopped by SIGINT / SIGTERM after saving a resumable last.pt (continue with --resume)."
 )
 
@@ -46,7 +47,9 @@ class Precision(str, Enum):
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend: auto, wavefront, native, cupy, reference.")]
+BackendOpt = Annotated[
+    Optional[str], typer.Option("--backend", help="FInC inverse backend: auto, wavefront, native, cupy, reference.")
+]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
 
 
@@ -58,8 +61,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error (also FINC_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an internal error (also FINC_DEBUG=1).")
+    ] = False,
 ) -> None:
     """FInC Flow command line."""
     state["debug"] = debug
@@ -72,24 +79,33 @@ def root(
 @app.command("train")
 @handle_errors
 def train_cli(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (presets/NAME.yaml) or a YAML path.")] = "digits",
+    preset: Annotated[
+        str, typer.Option("--preset", "-p", help="Preset name (presets/NAME.yaml) or a YAML path.")
+    ] = "digits",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (default runs/PRESET).")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Run directory or checkpoint to continue, or 'auto'.")] = None,
+    resume: Annotated[
+        Optional[str], typer.Option("--resume", help="Run directory or checkpoint to continue, or 'auto'.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty run directory.")] = False,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override any key: section.key=value (repeatable).")] = None,
+    sets: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override any key: section.key=value (repeatable).")
+    ] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="train.steps")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="train.batch_size (global)")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="train.lr")] = None,
     device: Annotated[Optional[Device], typer.Option("--device", help="train.device")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
     data_dir: DataDirOpt = None,
-    precision: Annotated[Optional[Precision], typer.Option("--precision", help="32 or bf16 (coupling nets under autocast)")] = None,
-    accumulate: Annotated[Optional[int], typer.Option("--accumulate", help="Gradient accumulation micro-batches.")] = None,
+    precision: Annotated[
+        Optional[Precision], typer.Option("--precision", help="32 or bf16 (coupling nets under autocast)")
+    ] = None,
+    accumulate: Annotated[
+        Optional[int], typer.Option("--accumulate", help="Gradient accumulation micro-batches.")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a FInC Flow from a preset; writes config.yaml, metrics.jsonl, last.pt, best.pt, samples/."""
-    from pathlib import Path
 
     from finc_cli.config import load_preset
     from finc_cli.train import TrainingInterrupted, train
@@ -115,7 +131,7 @@ def train_cli(
         summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter)
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False, soft_wrap=True)
-        raise typer.Exit(128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM: the shell convention
+        raise typer.Exit(128 + exc.signum) from None  # 130 for SIGINT, 143 for SIGTERM: the shell convention
     if not _is_main_process():
         return
     if json_out:
@@ -160,13 +176,21 @@ def evaluate_cli(
     from finc_cli.evaluate import evaluate
 
     result = evaluate(
-        checkpoint, split.value, data_dir, batch_size, device.value, progress=None if json_out else count_progress("evaluating")
+        checkpoint,
+        split.value,
+        data_dir,
+        batch_size,
+        device.value,
+        progress=None if json_out else count_progress("evaluating"),
     )
     if json_out:
         emit_json(result)
     else:
         render_table(f"bits/dim on {result['dataset']} {result['split']}", result)
-        console.print(f"{result['split']} bits/dim: {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} ({result['n_images']} images)")
+        console.print(
+            f"{result['split']} bits/dim: {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} "
+            f"({result['n_images']} images)"
+        )
 
 
 app.command("evaluate")(evaluate_cli)
@@ -182,11 +206,15 @@ app.command("bpd", help="Alias of evaluate: bits per dimension over a split.")(e
 def sample_cli(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
     n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG grid path (a directory with --individual).")] = "samples.png",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="PNG grid path (a directory with --individual).")
+    ] = "samples.png",
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature T > 0.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
     nrow: Annotated[Optional[int], typer.Option("--nrow", min=1, help="Images per grid row.")] = None,
-    individual: Annotated[bool, typer.Option("--individual", help="One PNG per sample in the --out directory.")] = False,
+    individual: Annotated[
+        bool, typer.Option("--individual", help="One PNG per sample in the --out directory.")
+    ] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     json_out: JsonOpt = False,
@@ -213,22 +241,32 @@ def sample_cli(
 @handle_errors
 def invert_cli(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
-    images: Annotated[Optional[list[str]], typer.Argument(help="Image files to encode (default: --split images).")] = None,
-    split: Annotated[Split, typer.Option("--split", help="Split to take images from when none are given.")] = Split.test,
+    images: Annotated[
+        Optional[list[str]], typer.Argument(help="Image files to encode (default: --split images).")
+    ] = None,
+    split: Annotated[
+        Split, typer.Option("--split", help="Split to take images from when none are given.")
+    ] = Split.test,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Images taken from the split.")] = 256,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     save_latents: Annotated[Optional[str], typer.Option("--save-latents", help="Write the latents to FILE.")] = None,
-    latents: Annotated[Optional[str], typer.Option("--latents", help="Decode latents from FILE instead of encoding.")] = None,
+    latents: Annotated[
+        Optional[str], typer.Option("--latents", help="Decode latents from FILE instead of encoding.")
+    ] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG grid of the decoded images.")] = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per FInC unit and timings."""
     from finc_cli.invert import invert
 
-    result = invert(checkpoint, images, split.value, limit, data_dir, device.value, backend, save_latents, latents, out, threshold)
+    result = invert(
+        checkpoint, images, split.value, limit, data_dir, device.value, backend, save_latents, latents, out, threshold
+    )
     if json_out:
         emit_json(result)
         return
@@ -245,7 +283,12 @@ def _render_invert(result: dict) -> None:
     for col in ("layer", "max abs err", "mean abs err", "flag"):
         table.add_column(col)
     for row in result["layers"]:
-        table.add_row(row["layer"], f"{row['max_abs_err']:.2e}", f"{row['mean_abs_err']:.2e}", "[red]FLAG[/]" if row["flagged"] else "")
+        table.add_row(
+            row["layer"],
+            f"{row['max_abs_err']:.2e}",
+            f"{row['mean_abs_err']:.2e}",
+            "[red]FLAG[/]" if row["flagged"] else "",
+        )
     console.print(table)
     console.print(
         f"{result['n_images']} images ({result['source']}): exact={result['exact']}, "
@@ -255,7 +298,9 @@ def _render_invert(result: dict) -> None:
         highlight=False,
     )
     if result["flagged_layers"]:
-        err_console.print(f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False)
+        err_console.print(
+            f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False
+        )
 
 
 from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)

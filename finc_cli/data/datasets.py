@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from finc_cli.data.augment import Augment
-from finc_cli.errors import DatasetError
 from finc_cli.data.safe_pickle import load_pickle
+from finc_cli.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _mnist(root: Path, split: str) -> list[np.ndarray]:
 def _read_idx_images(path: Path, height: int, width: int) -> np.ndarray:
     """An idx3 uint8 image file (magic 2051, big-endian dims), gzipped or not, as (N, 1, H, W)."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise DatasetError(f"cannot read idx file {path}: {e}") from None
@@ -254,7 +254,7 @@ def _batch_images(path: Path, size: int) -> np.ndarray:
                 data = npz["data"]
         except DatasetError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a damaged npz fails anywhere in numpy: one line for the user
             raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     else:
         batch = load_pickle(path)
@@ -363,8 +363,7 @@ _LAYOUT: dict[str, Callable[[Path | str], str]] = {
         f"or the same files in {Path(r) / 'raw'} or {r}"
     ),
     "cifar10": lambda r: (
-        f"{Path(r) / 'cifar-10-batches-py'}/data_batch_1..5 and test_batch "
-        "(the python version from the CIFAR-10 site)"
+        f"{Path(r) / 'cifar-10-batches-py'}/data_batch_1..5 and test_batch (the python version from the CIFAR-10 site)"
     ),
     "imagenet32": lambda r: _imagenet_layout(r, 32),
     "imagenet64": lambda r: _imagenet_layout(r, 64),

@@ -48,7 +48,7 @@ def load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except Exception as e:  # anything from a corrupt or hostile file: report it, never a traceback
+    except Exception as e:  # noqa: BLE001 - anything from a corrupt or hostile file: report it, never a traceback
         raise DatasetError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path} holds a {type(obj).__name__}, expected a dict with key 'data'")

@@ -1,4 +1,4 @@
-"""Multi-scale plumbing: 2×2 squeeze and the split with a learned conditional Gaussian prior (Dinh et al. 2017; Glow)."""
+"""Multi-scale plumbing: 2×2 squeeze and the split with a learned conditional Gaussian prior (RealNVP; Glow)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from finc_cli.flows.base import Flow, zeros_logdet
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_log_prob(z: torch.Tensor, mean: Optional[torch.Tensor] = None, log_std: Optional[torch.Tensor] = None) -> torch.Tensor:
+def gaussian_log_prob(
+    z: torch.Tensor, mean: Optional[torch.Tensor] = None, log_std: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """(B,) Σ log N(z; mean, exp(log_std)²) over all but the batch dimension (standard normal by default)."""
     if mean is None:
         return (-0.5 * (_LOG_2PI + z * z)).flatten(1).sum(1)

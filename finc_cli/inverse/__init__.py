@@ -95,13 +95,15 @@ def select_backend(y: torch.Tensor, backend: Optional[str] = None) -> str:
             return "cupy" if is_available("cupy", y.device) else "wavefront"
         return "native" if is_available("native", y.device) else "wavefront"
     if name not in _REGISTRY:
-        raise InverseBackendError(
-            f"unknown inverse backend '{name}'; choose one of: auto, {', '.join(_REGISTRY)}"
-        )
+        raise InverseBackendError(f"unknown inverse backend '{name}'; choose one of: auto, {', '.join(_REGISTRY)}")
     if name == "cupy" and not y.is_cuda:
-        raise InverseBackendError("the cupy inverse backend needs CUDA tensors; use --device cuda or backend 'wavefront'")
+        raise InverseBackendError(
+            "the cupy inverse backend needs CUDA tensors; use --device cuda or backend 'wavefront'"
+        )
     if name in ("native", "reference") and y.is_cuda:
-        raise InverseBackendError(f"the {name} inverse backend runs on the CPU only; use 'cupy' or 'wavefront' for CUDA tensors")
+        raise InverseBackendError(
+            f"the {name} inverse backend runs on the CPU only; use 'cupy' or 'wavefront' for CUDA tensors"
+        )
     return name
 
 

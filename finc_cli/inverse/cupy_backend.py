@@ -63,7 +63,7 @@ def _probe(index: int) -> bool:
 
         nvrtc.getVersion()
         return index < cupy.cuda.runtime.getDeviceCount()
-    except Exception:
+    except Exception:  # noqa: BLE001 - CuPy or its CUDA libraries can fail to load in many ways: unavailable
         return False
 
 
@@ -77,7 +77,7 @@ def is_available(device=None) -> bool:
         if index not in _available:
             _available[index] = _probe(index)
         return _available[index]
-    except Exception:
+    except Exception:  # noqa: BLE001 - an availability check never raises
         return False
 
 
@@ -88,7 +88,7 @@ def _require(y: torch.Tensor):
     if not is_available(y.device):
         try:
             _import_cupy()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - turned into a one-line InverseBackendError
             raise InverseBackendError(
                 f"the cupy inverse backend needs CuPy ({exc}); install cupy-cuda12x or cupy-cuda13x "
                 "to match your CUDA, or use backend 'wavefront'"
@@ -115,8 +115,15 @@ class LaunchPlan:
 
 @lru_cache(maxsize=256)
 def plan_launch(
-    B: int, H: int, W: int, k: int, cg: int, itemsize: int, shared_limit: int,
-    path: str = "auto", max_blocks: int = MAX_GRID,
+    B: int,
+    H: int,
+    W: int,
+    k: int,
+    cg: int,
+    itemsize: int,
+    shared_limit: int,
+    path: str = "auto",
+    max_blocks: int = MAX_GRID,
 ) -> LaunchPlan:
     """Pick the kernel and its launch geometry for one inverse (pure; see the .cu headers)."""
     if path not in PATHS:
@@ -135,7 +142,9 @@ def plan_launch(
         blocks = -(-4 * items_per_image // GRID_THREADS)
         return LaunchPlan("diagonal", 0, GRID_THREADS, blocks, 0)
     if operator + per_image[path] > shared_limit:
-        raise ValueError(f"the {path} kernel needs {operator + per_image[path]} B of shared memory, above {shared_limit}")
+        raise ValueError(
+            f"the {path} kernel needs {operator + per_image[path]} B of shared memory, above {shared_limit}"
+        )
     budget = PORTABLE_SHARED if operator + per_image[path] <= PORTABLE_SHARED else shared_limit
     ipb = max(1, min(B, ITEMS_PER_BLOCK // items_per_image, (budget - operator) // per_image[path]))
     threads = min(FUSED_MAX_THREADS, max(32, -(-ipb * items_per_image // 32) * 32))
@@ -215,8 +224,13 @@ class _Launch:
 
 
 def cupy_inverse(
-    y: torch.Tensor, weight: torch.Tensor, linv: torch.Tensor, *,
-    out: Optional[torch.Tensor] = None, path: str = "auto", max_blocks: int = MAX_GRID,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    linv: torch.Tensor,
+    *,
+    out: Optional[torch.Tensor] = None,
+    path: str = "auto",
+    max_blocks: int = MAX_GRID,
 ) -> torch.Tensor:
     """x with finc_conv2d(x, weight) == y (seam contract); `out` receives x when given.
 

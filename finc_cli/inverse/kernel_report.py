@@ -109,8 +109,12 @@ def file_report(filename: str, arch: str, shapes: Sequence[tuple[int, int]] = SH
         kind = _kind_of(name)
         rows.append(
             dict(
-                file=filename, arch=arch, kernel=name, kind=kind,
-                budget=REGISTER_BUDGET.get(kind, DEFAULT_BUDGET), **info,
+                file=filename,
+                arch=arch,
+                kernel=name,
+                kind=kind,
+                budget=REGISTER_BUDGET.get(kind, DEFAULT_BUDGET),
+                **info,
             )
         )
     return sorted(rows, key=lambda r: r["kernel"])
@@ -133,7 +137,8 @@ def render_markdown(rows: Sequence[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['arch']} | `{r['kernel']}` | {r.get('registers', '?')} | {r['budget']} | "
-            f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')} | {r.get('stack', '?')} | {r.get('barriers', '?')} |"
+            f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')} | {r.get('stack', '?')} | "
+            f"{r.get('barriers', '?')} |"
         )
     return "\n".join(lines)
 

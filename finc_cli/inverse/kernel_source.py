@@ -26,9 +26,7 @@ def kernel_dir() -> Path:
     for folder in KERNEL_DIRS:
         if folder.is_dir() and any(folder.glob("*.cu")):
             return folder
-    raise FileNotFoundError(
-        "no CUDA kernel sources found; looked in " + " and ".join(str(d) for d in KERNEL_DIRS)
-    )
+    raise FileNotFoundError("no CUDA kernel sources found; looked in " + " and ".join(str(d) for d in KERNEL_DIRS))
 
 
 def kernel_files() -> list[Path]:

@@ -77,8 +77,14 @@ def _host_cpu() -> str:
 
 def _library_path(cc: list[str], version: str, flags: tuple) -> Path:
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), version.encode(), " ".join(flags).encode(),
-                 platform.machine().encode(), _host_cpu().encode() if "-march=native" in flags else b""):
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(cc).encode(),
+        version.encode(),
+        " ".join(flags).encode(),
+        platform.machine().encode(),
+        _host_cpu().encode() if "-march=native" in flags else b"",
+    ):
         digest.update(part + b"\0")
     return cache_dir() / f"finc_inverse_cpu-{digest.hexdigest()[:20]}.so"
 
@@ -144,7 +150,7 @@ def library() -> Optional[ctypes.CDLL]:
         if "lib" not in _state and "error" not in _state:
             try:
                 _state["lib"] = _build()
-            except Exception as exc:  # never raise from an availability probe
+            except Exception as exc:  # noqa: BLE001 - never raise from an availability probe
                 _state["error"] = str(exc)
                 log.debug("native FInC inverse unavailable, falling back: %s", exc)
         return _state.get("lib")
@@ -177,8 +183,7 @@ def native_inverse(y: torch.Tensor, weight: torch.Tensor, linv: torch.Tensor) ->
     if y.numel() == 0:
         return x
     fn = lib.finc_inverse_f32 if y.dtype == torch.float32 else lib.finc_inverse_f64
-    status = fn(y.data_ptr(), weight.data_ptr(), linv.data_ptr(), x.data_ptr(),
-                B, Cg, H, W, k, torch.get_num_threads())
+    status = fn(y.data_ptr(), weight.data_ptr(), linv.data_ptr(), x.data_ptr(), B, Cg, H, W, k, torch.get_num_threads())
     if status != 0:
         raise MemoryError("native FInC inverse could not allocate its scratch memory")
     return x

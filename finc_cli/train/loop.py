@@ -85,7 +85,9 @@ def train(
     `resume` is a run directory, a checkpoint, or "auto" (resume out_dir if it holds last.pt).
     When resuming, the checkpoint's config is used with `overrides` applied on top.
     """
-    trainer = Trainer(cfg, Path(out_dir), resume=resume, force=force, overrides=overrides, reporter=reporter or Reporter())
+    trainer = Trainer(
+        cfg, Path(out_dir), resume=resume, force=force, overrides=overrides, reporter=reporter or Reporter()
+    )
     return trainer.run()
 
 
@@ -127,14 +129,17 @@ class Trainer:
         t, ctx = self.t, self.ctx
         if t.batch_size % (ctx.world_size * t.accumulate):
             raise InputError(
-                f"train.batch_size {t.batch_size} must be divisible by processes × accumulate = {ctx.world_size * t.accumulate}"
+                f"train.batch_size {t.batch_size} must be divisible by processes × accumulate = "
+                f"{ctx.world_size * t.accumulate}"
             )
 
     def _load_data(self) -> None:
         from finc_cli.data.datasets import get_dataset
 
         d = self.cfg.data
-        self.train_ds = get_dataset(d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate)
+        self.train_ds = get_dataset(
+            d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate
+        )
         self.val_ds = get_dataset(d.name, "val", d.data_dir)
 
     def _build_model(self) -> None:
@@ -242,10 +247,18 @@ class Trainer:
         result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
         health = self.model.reconstruction_report(self.probe) if self.model.finc_units() else []
         worst = max((r["max_abs_err"] for r in health), default=0.0)
-        record = {"step": state.step, "val_bpd": result["bpd"], "val_bpd_stderr": result["bpd_stderr"], "recon_max_err": worst}
+        record = {
+            "step": state.step,
+            "val_bpd": result["bpd"],
+            "val_bpd_stderr": result["bpd_stderr"],
+            "recon_max_err": worst,
+        }
         if not worst <= t.health_threshold:  # NaN included
             record["health_warning"] = True
-            self.reporter.log(f"warning: FInC reconstruction error {worst:.2e} exceeds {t.health_threshold:g} at step {state.step}; sampling may break")
+            self.reporter.log(
+                f"warning: FInC reconstruction error {worst:.2e} exceeds {t.health_threshold:g} "
+                f"at step {state.step}; sampling may break"
+            )
         if log:
             self._log_line(record)
         if result["bpd"] < state.best_val_bpd:
@@ -255,8 +268,17 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         if self.ctx.is_main and not params_finite(self.model):  # never replace a good checkpoint with NaNs
-            self._log_line({"step": self.state.step, "event": "checkpoint_skipped", "file": name, "reason": "non-finite parameters"})
-            self.reporter.log(f"step {self.state.step}: parameters are not finite; {name} not written, the previous one is kept")
+            self._log_line(
+                {
+                    "step": self.state.step,
+                    "event": "checkpoint_skipped",
+                    "file": name,
+                    "reason": "non-finite parameters",
+                }
+            )
+            self.reporter.log(
+                f"step {self.state.step}: parameters are not finite; {name} not written, the previous one is kept"
+            )
         elif self.ctx.is_main:
             save_checkpoint(self.out / name, checkpoint_payload(self.model, self.optimizer, self.state, self.cfg))
 

@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 from finc_cli.errors import RunDirError
 
-
 __all__ = ["RUN_FILES", "append_metrics", "create_run_dir", "prepare_run_dir", "truncate_metrics"]
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
@@ -35,15 +34,17 @@ def prepare_run_dir(out: Path, resume: Optional[str], force: bool) -> Optional[P
         if resume != "auto":
             raise RunDirError(f"nothing to resume: {ckpt} does not exist; start a new run without --resume")
     if occupied and not force and resume is None:
-        raise RunDirError(f"run directory {out} is not empty; use --resume {out} to continue it or --force to overwrite")
+        raise RunDirError(
+            f"run directory {out} is not empty; use --resume {out} to continue it or --force to overwrite"
+        )
     return None
 
 
 def create_run_dir(out: Path, fresh: bool) -> None:
     """Create the run directory; drop stale temporary files, and a fresh (--force) run's old files."""
-    from finc_cli.atomic import remove_stale_temporaries
-
     import os
+
+    from finc_cli.atomic import remove_stale_temporaries
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def _backward(net, x: torch.Tensor, noise: torch.Tensor, accumulate: int, ctx) -
     for m in range(accumulate):
         part = slice(m * micro, (m + 1) * micro)
         sync = m == accumulate - 1 or not ctx.distributed  # DDP all-reduces gradients once, at the end
-        with (net.no_sync() if not sync else nullcontext()):
+        with net.no_sync() if not sync else nullcontext():
             bpd = net(x[part], noise=noise[part]).mean()
             (bpd / accumulate).backward()
         total += bpd.detach().double() / accumulate

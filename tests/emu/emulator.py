@@ -67,9 +67,19 @@ class Emulator:
             if not exe.exists():
                 prepared = self.folder / f"{key}.cu"
                 prepared.write_text(source)
-                cmd = [compiler() or "g++", *FLAGS, f"-I{HERE}", f'-DEMU_SOURCE="{prepared}"', f"-DEMU_T={ctype}",
-                       f"-DEMU_K={k}", f"-DEMU_CG={cg}", f"-DEMU_RING={ring}", str(HERE / "driver.cpp"),
-                       "-o", f"{exe}.part"]
+                cmd = [
+                    compiler() or "g++",
+                    *FLAGS,
+                    f"-I{HERE}",
+                    f'-DEMU_SOURCE="{prepared}"',
+                    f"-DEMU_T={ctype}",
+                    f"-DEMU_K={k}",
+                    f"-DEMU_CG={cg}",
+                    f"-DEMU_RING={ring}",
+                    str(HERE / "driver.cpp"),
+                    "-o",
+                    f"{exe}.part",
+                ]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                 if done.returncode:
                     raise RuntimeError(f"g++ failed for {exe.name}:\n{done.stderr[-6000:]}")

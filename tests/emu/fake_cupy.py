@@ -21,8 +21,10 @@ from finc_cli.inverse import kernel_source as ks
 from .emulator import Driver, Emulator, Launch
 
 PORTABLE_SHARED = 48 * 1024  # a kernel's dynamic shared memory before it opts in
-_NAME = re.compile(r"(finc_inverse_tile|finc_inverse_ring|finc_inverse_prepare|finc_inverse_diagonal|finc_paper_step)"
-                   r"<(float|double), (\d+), (\d+)(?:, (\d+))?>")
+_NAME = re.compile(
+    r"(finc_inverse_tile|finc_inverse_ring|finc_inverse_prepare|finc_inverse_diagonal|finc_paper_step)"
+    r"<(float|double), (\d+), (\d+)(?:, (\d+))?>"
+)
 # Pointer operands (in order) and int operands of each entry, as in kernels/finc_inverse.cu.
 SIGNATURES = {
     "tile": (("y", "weight", "linv", "x"), 4),
@@ -65,7 +67,7 @@ class FakeCupy:
         self.sources.append(code)
         return _Module(self, code, tuple(name_expressions))
 
-    def from_dlpack(self, tensor: torch.Tensor) -> "_Array":
+    def from_dlpack(self, tensor: torch.Tensor) -> _Array:
         assert self._streams, "from_dlpack outside the stream's with block"
         return _Array(tensor)
 
@@ -82,7 +84,7 @@ class _Module:
     def __init__(self, fake: FakeCupy, code: str, names: tuple[str, ...]):
         self.fake, self.code, self.names = fake, code, names
 
-    def get_function(self, name: str) -> "_Kernel":
+    def get_function(self, name: str) -> _Kernel:
         assert name in self.names, f"{name} is not one of the module's name expressions {self.names}"
         match = _NAME.fullmatch(name)
         assert match, f"unexpected entry {name}"
