@@ -8,6 +8,17 @@ from typing import Any, Optional, Union
 
 from finc_cli.errors import CheckpointError, ConfigError
 
+__all__ = [
+    "config_from_checkpoint",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
 FORMAT = "finc-checkpoint"
 FORMAT_VERSION = 1
 

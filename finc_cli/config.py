@@ -11,6 +11,23 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from finc_cli.errors import ConfigError
 
+__all__ = [
+    "apply_overrides",
+    "Config",
+    "config_from_dict",
+    "DataConfig",
+    "list_presets",
+    "load_preset",
+    "ModelConfig",
+    "parse_override",
+    "PRESET_DIR",
+    "resolve_preset_path",
+    "save_config",
+    "SECTIONS",
+    "TrainConfig",
+    "validate",
+]
+
 
 def _find_dir(name: str) -> Path:
     """A data folder shipped beside the package (source checkout) or inside it (wheel)."""

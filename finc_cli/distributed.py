@@ -8,6 +8,19 @@ from typing import Optional
 
 import torch
 
+__all__ = [
+    "active",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "DistContext",
+    "gather_values",
+    "max_over_ranks",
+    "setup",
+    "unwrap",
+]
+
 
 @dataclass
 class DistContext:

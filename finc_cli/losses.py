@@ -1,4 +1,4 @@
-"""The one bits/dim formula (DESIGN §3)."""
+"""The one bits/dim formula (docs/model.md §7)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import math
 from typing import Union
 
 import torch
+
+__all__ = [
+    "bits_per_dim",
+]
 
 Number = Union[float, torch.Tensor]
 

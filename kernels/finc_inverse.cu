@@ -1,4 +1,4 @@
-// finc_inverse.cu: wavefront inverse of the FInC unit (DESIGN §1-2; Kallappa et al. 2023, §3).
+// finc_inverse.cu: wavefront inverse of the FInC unit (docs/inverse.md §8; Kallappa et al. 2023, §3).
 //
 // Problem (as in finc_cli/inverse/__init__.py). y (B, C, H, W) contiguous, C = 4·CG, groups
 // g = 0..3 (TL, TR, BL, BR) of CG channels each. weight (4, CG, CG, K, K) contiguous, in TL

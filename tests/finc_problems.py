@@ -9,7 +9,7 @@ def random_finc_problem(B: int, cg: int, H: int, W: int, k: int, std: float = 0.
     """(x, y, weight) with y = finc_conv2d(x, weight) and weight a valid effective FInC kernel.
 
     Off-centre taps and the centre's below-diagonal entries have std `std`; the centre's
-    diagonal is 1 and its upper triangle 0 (DESIGN §1).
+    diagonal is 1 and its upper triangle 0 (docs/finc_unit.md §3).
     """
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(4, cg, cg, k, k, generator=g, dtype=torch.float64) * std

@@ -123,7 +123,7 @@ def test_float32_round_trip_at_64x64_with_initial_weights():
 
 
 def test_forward_matches_flip_definition():
-    """TR/BL/BR are TL with the input (and output) flipped in W, H or both (DESIGN §1)."""
+    """TR/BL/BR are TL with the input (and output) flipped in W, H or both (docs/finc_unit.md §2)."""
     import torch.nn.functional as F
 
     layer = _layer(8, 3)

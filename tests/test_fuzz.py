@@ -1,4 +1,4 @@
-"""Fuzzing (issue 7 item 6): random small configurations either round-trip or fail with a clear error.
+"""Fuzzing: random small configurations either round-trip or fail with a clear error.
 
 Plain loops over a seeded `random.Random` (no hypothesis dependency): each case draws levels,
 steps, kernel size, coupling width, image channels and size, the 1×1 conv variant, FInC on/off

@@ -1,4 +1,4 @@
-"""Issue 7: nothing lost, no crash, no code run from files.
+"""Reliability: nothing lost, no crash, no code run from files.
 
 Covers items 1-5 end to end: bad checkpoints through the CLI, interruption (SIGINT / SIGTERM /
 kill -9) and bit-exact resume, the non-finite guard and rollback, bad input (exit 2, one line,

@@ -29,6 +29,24 @@ from finc_cli.bench.tables import (
     with_speedups,
 )
 
+__all__ = [
+    "BASELINE_SHAPES",
+    "cpu_backends",
+    "HEADER",
+    "main",
+    "parse_args",
+    "replace_section",
+    "section_baselines",
+    "section_env",
+    "section_model",
+    "section_scaling",
+    "section_unit",
+    "SECTIONS",
+    "TITLES",
+    "UNIT_SHAPES",
+    "update_file",
+]
+
 # (B, C, H, W, k): FInC units at the presets' level shapes, the last one batch 1 at 64×64.
 UNIT_SHAPES = (
     (16, 12, 16, 16, 3),

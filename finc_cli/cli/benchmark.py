@@ -9,6 +9,14 @@ import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
 
+__all__ = [
+    "DType",
+    "layer_cli",
+    "model_cli",
+    "register",
+    "scaling_cli",
+]
+
 bench_app = typer.Typer(
     name="benchmark",
     help="Time FInC against Emerging, CInC and Glow: one layer, a preset's model, or scaling with n and k.",

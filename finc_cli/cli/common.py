@@ -12,6 +12,22 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
+__all__ = [
+    "debug_enabled",
+    "DEBUG_ENV",
+    "emit_json",
+    "err_console",
+    "EXIT_INTERNAL",
+    "EXIT_IO",
+    "EXIT_USAGE",
+    "console",
+    "fail",
+    "handle_errors",
+    "parse_sets",
+    "render_table",
+    "state",
+]
+
 console = Console()
 err_console = Console(stderr=True)
 

@@ -10,6 +10,19 @@ import typer
 from finc_cli import __version__
 from finc_cli.cli.common import console, emit_json, err_console, handle_errors, parse_sets, render_table, state
 
+__all__ = [
+    "Device",
+    "evaluate_cli",
+    "EXIT_CODES",
+    "invert_cli",
+    "main",
+    "Precision",
+    "root",
+    "sample_cli",
+    "Split",
+    "train_cli",
+]
+
 EXIT_CODES = (
     "Exit codes: 0 success; 1 the run failed while writing (disk full, permission denied), training "
     "diverged, or an internal error (a bug; --debug shows its traceback) - the previous files are intact; "

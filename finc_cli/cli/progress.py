@@ -8,6 +8,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finc_cli.cli.common import err_console
 
+__all__ = [
+    "count_progress",
+    "RichReporter",
+]
+
 
 def _progress() -> Progress:
     return Progress(

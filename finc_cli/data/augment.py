@@ -6,6 +6,10 @@ import torch
 
 from finc_cli.errors import DatasetError
 
+__all__ = [
+    "Augment",
+]
+
 
 class Augment:
     """Random horizontal flip and random translation by up to `translate` pixels, per image.

@@ -16,6 +16,18 @@ from finc_cli.data.augment import Augment
 from finc_cli.data.safe_pickle import load_pickle
 from finc_cli.errors import DatasetError
 
+__all__ = [
+    "CelebAImages",
+    "dataset_info",
+    "DatasetInfo",
+    "DATASETS",
+    "ENV_VAR",
+    "get_dataset",
+    "ImageTensorDataset",
+    "resolve_data_dir",
+    "SPLITS",
+]
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

@@ -1,4 +1,4 @@
-"""Dequantization and the logit preprocessing flow layer (Dinh et al. 2017, RealNVP §4.1; DESIGN §3)."""
+"""Dequantization and the logit preprocessing flow layer (RealNVP, Dinh et al. 2017, §4.1; docs/model.md §2–3)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from finc_cli.flows.base import Flow
+
+__all__ = [
+    "dequantize",
+    "LogitPreprocess",
+    "quantize",
+]
 
 
 def dequantize(
@@ -67,7 +73,3 @@ class LogitPreprocess(Flow):
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
         return v, -self._logdet(y)
-
-
-# The name used in the design notes for this layer.
-Dequantize = LogitPreprocess

@@ -10,6 +10,10 @@ import numpy as np
 
 from finc_cli.errors import DatasetError
 
+__all__ = [
+    "load_pickle",
+]
+
 
 def _frombuffer(buf: object, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
     """numpy's own protocol-5 array rebuild, restated so that nothing else from its module is reachable."""

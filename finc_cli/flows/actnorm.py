@@ -8,6 +8,10 @@ from torch import nn
 
 from finc_cli.flows.base import Flow
 
+__all__ = [
+    "ActNorm",
+]
+
 
 class ActNorm(Flow):
     """y = (x + bias) · exp(log_scale), per channel; log-det = H·W·Σ log|scale|.

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = [
+    "Flow",
+    "zeros_logdet",
+]
+
 
 class Flow(nn.Module):
     """An invertible map y = f(x).

@@ -18,6 +18,13 @@ from torch import nn
 
 from finc_cli.flows.base import Flow, zeros_logdet
 
+__all__ = [
+    "AutoregressiveConv2d",
+    "CInCConv2d",
+    "EmergingConv2d",
+    "raster_inverse",
+]
+
 
 class AutoregressiveConv2d(Flow):
     """One masked k×k convolution y = conv(pad(x), W), triangular in (reverse) raster order.

@@ -8,6 +8,11 @@ from torch import nn
 
 from finc_cli.flows.base import Flow
 
+__all__ = [
+    "InvConv1x1",
+    "random_rotation",
+]
+
 
 def random_rotation(channels: int) -> torch.Tensor:
     """A random orthogonal (C, C) matrix (QR of a Gaussian, signs fixed so it is Haar)."""

@@ -10,6 +10,10 @@ from torch import nn
 
 from finc_cli.flows.base import Flow
 
+__all__ = [
+    "AffineCoupling",
+]
+
 
 class AffineCoupling(Flow):
     """x = (x_a, x_b) split on channels; y_a = x_a, y_b = x_b · exp(log_s) + shift.

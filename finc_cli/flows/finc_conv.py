@@ -12,6 +12,11 @@ from torch import nn
 from finc_cli import inverse as inverse_seam
 from finc_cli.flows.base import Flow, zeros_logdet
 
+__all__ = [
+    "finc_conv2d",
+    "FInCConv2d",
+]
+
 
 # One-sided padding (left, right, top, bottom) per group: TL, TR, BL, BR.
 def _pads(k: int) -> tuple:
@@ -37,7 +42,7 @@ def finc_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class FInCConv2d(Flow):
-    """The FInC unit (Kallappa et al. 2023, §3): C = 4·C' channels, one padded C'→C' k×k conv per group.
+    """The FInC unit (Kallappa et al. 2023, §3; docs/finc_unit.md): C = 4·C' channels, a padded C'→C' conv per group.
 
     The centre tap of every group is unit lower triangular by construction: the effective
     kernel is rebuilt from the raw parameter on each call, so no optimizer (weight decay
@@ -52,7 +57,7 @@ class FInCConv2d(Flow):
             raise ValueError(f"FInCConv2d needs kernel_size >= 1, got {kernel_size}")
         self.channels, self.kernel_size = channels, kernel_size
         cg, k = channels // 4, kernel_size
-        # Small off-centre weights keep the triangular solve well conditioned at init (DESIGN §2).
+        # Small off-centre weights keep the triangular solve well conditioned at init (docs/finc_unit.md §6).
         scale = init_scale if init_scale is not None else 0.1 / math.sqrt(cg * k * k)
         self.weight = nn.Parameter(torch.randn(4, cg, cg, k, k) * scale)  # (4, C'out, C'in, k, k)
         mask = torch.ones(cg, cg, k, k)

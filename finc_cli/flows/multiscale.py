@@ -10,6 +10,13 @@ from torch import nn
 
 from finc_cli.flows.base import Flow, zeros_logdet
 
+__all__ = [
+    "gaussian_log_prob",
+    "SplitPrior",
+    "Squeeze",
+    "standard_normal",
+]
+
 _LOG_2PI = math.log(2 * math.pi)
 
 

@@ -78,7 +78,12 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 
 
 def is_available(name: str, device: Union[str, torch.device] = "cpu") -> bool:
-    """Whether backend `name` can run on `device` here (its module imports and its own check passes)."""
+    """Whether backend `name` can run on `device` here (its module imports and its own check passes).
+
+    False for a name that is not registered.
+    """
+    if name not in _REGISTRY:
+        return False
     try:
         module = importlib.import_module(_REGISTRY[name][0])
     except ImportError:

@@ -14,6 +14,22 @@ from typing import Iterable, Optional, Sequence
 
 from finc_cli.inverse import kernel_source
 
+__all__ = [
+    "ARCHS",
+    "COMPILE_OPTIONS",
+    "compile_program",
+    "DEFAULT_BUDGET",
+    "file_report",
+    "kernel_report",
+    "KernelCompileError",
+    "main",
+    "nvrtc_version",
+    "parse_ptxas_log",
+    "REGISTER_BUDGET",
+    "render_markdown",
+    "SHAPES",
+]
+
 ARCHS = ("sm_80", "sm_90")
 # (k, C') instantiated for the report: the model's k = 3 at C' = 3 and 12, the k = 1 edge and
 # larger kernels for register pressure (k = 7 at C' = 12 compiles for 20 s, too slow for CI).

@@ -7,6 +7,20 @@ from typing import Mapping, Optional
 
 import torch
 
+__all__ = [
+    "ctype",
+    "entry_name",
+    "entry_names",
+    "FUSED_KINDS",
+    "INVERSE_KINDS",
+    "INVERSE_SOURCE",
+    "kernel_dir",
+    "KERNEL_DIRS",
+    "kernel_files",
+    "load_source",
+    "ring_slots",
+]
+
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # finc_cli/
 
 # Installed wheel: finc_cli/kernels/; source checkout: kernels/ beside finc_cli/.

@@ -23,6 +23,16 @@ from typing import Optional
 
 import torch
 
+__all__ = [
+    "cache_dir",
+    "CACHE_ENV",
+    "clear_cache",
+    "is_available",
+    "library",
+    "native_inverse",
+    "SOURCE",
+]
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "finc_inverse_cpu.c"

@@ -3,7 +3,7 @@
 Kallappa et al.'s code solves an anti-diagonal with one step per channel c: x_c is y_c minus the
 whole window sum over the already solved pixels and the channels c' < c of the current pixel
 (the unit lower triangular centre, no L⁻¹). That is (H+W-1)·C' sequential steps per unit against
-the wavefront backend's H+W-1 (DESIGN §2). Each step is vectorised over the pixels of the
+the wavefront backend's H+W-1 (docs/inverse.md §2, §4). Each step is vectorised over the pixels of the
 anti-diagonal, the batch and the 4 groups, as the paper's kernel is over threads. Benchmarks
 register it with `register()`; it is not in the default registry.
 """
@@ -15,6 +15,12 @@ from functools import lru_cache
 import torch
 
 from finc_cli.inverse.reference import ORIENTATIONS
+
+__all__ = [
+    "NAME",
+    "paper_schedule_inverse",
+    "register",
+]
 
 NAME = "paper"
 

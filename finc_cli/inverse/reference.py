@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-# (sh, sw) per group: +1 where the padding is on the top / left (DESIGN §1), -1 where bottom / right.
+__all__ = [
+    "ORIENTATIONS",
+    "reference_inverse",
+]
+
+# (sh, sw) per group: +1 where the padding is on the top / left (docs/finc_unit.md §2), -1 where bottom / right.
 ORIENTATIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1))
 
 

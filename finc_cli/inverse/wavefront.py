@@ -1,6 +1,6 @@
 """Vectorised PyTorch anti-diagonal (wavefront) inverse of the FInC unit, CPU and GPU.
 
-DESIGN §2: in each group's own top-left frame, pixels on anti-diagonal d = i + j depend only
+docs/inverse.md §2, §6: in each group's own top-left frame, pixels on anti-diagonal d = i + j depend only
 on earlier anti-diagonals, so one anti-diagonal of every image and every group is solved per
 step: H + W - 1 sequential steps. With ỹ = L⁻¹·y and M = L⁻¹·W_off (both computed once), a
 step is x_d = ỹ_d - M·patches(x): one row gather and one in-place matrix product.
@@ -20,6 +20,10 @@ from functools import lru_cache
 import torch
 
 from finc_cli.inverse.reference import ORIENTATIONS
+
+__all__ = [
+    "wavefront_inverse",
+]
 
 
 @lru_cache(maxsize=64)

@@ -61,7 +61,7 @@ class _Signals:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum, _frame):
         if self.received is not None:  # asked twice: stop now; last.pt is the previous, whole one
             raise KeyboardInterrupt
         self.received = signum

@@ -1,4 +1,4 @@
-/* CPU inverse of the FInC unit (DESIGN §1–2), built and loaded at run time by
+/* CPU inverse of the FInC unit (docs/inverse.md §7), built and loaded at run time by
  * finc_cli/inverse/native.py through ctypes. Plain C99; OpenMP when the compiler has it.
  *
  * Entry points (float and double; sizes are int64, tensors contiguous, row-major):
