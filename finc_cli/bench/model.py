@@ -85,7 +85,7 @@ def model_rows(
     glow: bool = True,
     seed: int = 0,
 ) -> list[dict]:
-    """FT (bits_per_dim of a uint8 batch) and ST (model.sample) per batch size, FInC and Glow.
+    """FT (the bits/dim forward, model(x), of a uint8 batch) and ST (model.sample) per batch size, FInC and Glow.
 
     Rows: one per (batch, FInC inverse backend) plus one Glow row per batch. Keys: model, backend,
     preset, levels, steps, hidden, kernel_size, params, batch, dtype, device, ft_s, ft_q1_s,
