@@ -47,7 +47,10 @@ class DataConfig:
     data_dir: Optional[str] = None  # root holding the dataset folders; else $FINC_DATA_DIR
     hflip: bool = False  # random horizontal flip during training
     translate: int = 0  # random translation by up to this many pixels during training
-    num_workers: int = 0
+    cache_dir: Optional[str] = (
+        None  # prepared arrays (finc data prepare); else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache
+    )
+    num_workers: int = 0  # processes assembling training batches ahead; 0: one background thread
 
 
 @dataclass
@@ -232,6 +235,7 @@ def validate(cfg: Config) -> None:
         (min(t.log_every, t.eval_every, t.sample_every, t.checkpoint_every) >= 1, "train.*_every must be >= 1"),
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (cfg.data.translate >= 0, "data.translate must be >= 0"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -6,10 +6,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "DownloadError",
     "FincError",
     "ImageInputError",
     "InputError",
     "InverseBackendError",
+    "LockError",
     "OutputError",
     "RunDirError",
     "TrainingDiverged",
@@ -39,6 +41,12 @@ class DatasetError(FincError, ValueError):
     """A dataset that is unknown, missing or malformed on disk."""
 
 
+class DownloadError(FincError, RuntimeError):
+    """A download that failed on the way (network, checksum); nothing half-written is left (exit 1)."""
+
+    exit_code = 1
+
+
 class CheckpointError(FincError, ValueError):
     """A checkpoint that cannot be read or does not fit its model."""
 
@@ -53,6 +61,10 @@ class OutputError(FincError, ValueError):
 
 class RunDirError(FincError, ValueError):
     """A run directory that cannot be used as asked (occupied, or nothing to resume)."""
+
+
+class LockError(FincError, RuntimeError):
+    """A folder that another finc process is writing (a run directory, a prepared data cache)."""
 
 
 class InverseBackendError(FincError, RuntimeError):

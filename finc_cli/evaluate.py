@@ -21,10 +21,13 @@ def evaluate(
     batch_size: Optional[int] = None,
     device: str = "auto",
     progress: Optional[Callable[[int, int], Callable[[int], None]]] = None,
+    cache_dir: Optional[str] = None,
+    notify: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """Returns {bpd, bpd_stderr, n_images, split, dataset, checkpoint, seconds}.
 
-    `progress(total)` may return a callback advanced by the number of images done.
+    `progress(total)` may return a callback advanced by the number of images done; `notify` gets
+    one-line notes about the data (a missing or unusable prepared cache).
     """
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.data.datasets import get_dataset
@@ -32,7 +35,9 @@ def evaluate(
 
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, device=str(dev))
-    ds = get_dataset(cfg.data.name, split, data_dir or cfg.data.data_dir)
+    ds = get_dataset(
+        cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
+    )
     callback = progress(len(ds)) if progress else None
     t0 = time.perf_counter()
     result = evaluate_bpd(model, ds, batch_size or cfg.train.eval_batch_size, dev, progress=callback)

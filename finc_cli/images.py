@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 
 from finc_cli.errors import ImageInputError
 
-__all__ = ["load_images", "make_grid", "save_grid", "save_png", "to_uint8_255"]
+__all__ = ["load_images", "save_grid", "save_png", "to_uint8_255"]
 
 
 def to_uint8_255(images, bins: int):
@@ -22,19 +22,18 @@ def to_uint8_255(images, bins: int):
     return x.clamp(0, 255).to(torch.uint8)
 
 
-def make_grid(images, nrow: Optional[int] = None, padding: int = 2):
-    """(N, C, H, W) uint8 -> (C, H', W') uint8 grid with `nrow` images per row."""
+def _grid(images, nrow: int, padding: int = 2):
+    """(N, C, H, W) uint8 -> (C, H', W') uint8: torchvision's grid, `nrow` columns even when N < nrow."""
     import torch
+    from torchvision.utils import make_grid
 
     n, c, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8)
-    for idx in range(n):
-        r, col = divmod(idx, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[idx]
-    return grid
+    if n < nrow:  # torchvision would drop the empty columns; blank cells keep the grid nrow wide
+        images = torch.cat([images, images.new_zeros((nrow - n, c, h, w))])
+    if images.shape[0] == 1:  # torchvision returns a lone image unpadded; pad it like any grid
+        return torch.nn.functional.pad(images[0], (padding,) * 4)
+    grid = make_grid(images, nrow=nrow, padding=padding)  # one channel comes back as 3 equal ones
+    return grid[:c].contiguous()  # (C, H', W')
 
 
 def _to_pil(chw, scale: int = 1):
@@ -58,8 +57,9 @@ def save_png(chw_uint8, path: Union[str, os.PathLike], scale: int = 1) -> None:
 def save_grid(images, path: Union[str, os.PathLike], bins: int, nrow: Optional[int] = None) -> None:
     """Write (N, C, H, W) images with `bins` levels as one PNG grid; small images are upscaled."""
     imgs = to_uint8_255(images, bins)
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(imgs.shape[0]))))
     scale = max(1, 32 // imgs.shape[-1])  # 8x8 digits become visible
-    save_png(make_grid(imgs, nrow), Path(path), scale=scale)
+    save_png(_grid(imgs, nrow), Path(path), scale=scale)
 
 
 def load_images(paths: Sequence[str], channels: int, height: int, width: int, bins: int):

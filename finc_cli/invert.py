@@ -73,10 +73,13 @@ def invert(
     latents_from: Optional[str] = None,
     decoded_out: Optional[str] = None,
     threshold: Optional[float] = None,
+    cache_dir: Optional[str] = None,
+    notify=None,
 ) -> dict:
     """Encode then decode; report pixel-space reconstruction error, per-FInC-unit error and timings.
 
-    With `latents_from`, only decode that file's latents. `backend` picks the FInC inverse.
+    With `latents_from`, only decode that file's latents. `backend` picks the FInC inverse;
+    `notify` gets one-line notes about the data (a missing or unusable prepared cache).
     """
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.device import resolve_device
@@ -89,7 +92,7 @@ def invert(
     with use_backend(backend):
         if latents_from:
             return _decode_file(model, latents_from, dev, decoded_out)
-        x, source = _inputs(model, cfg, images, split, limit, data_dir)
+        x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
         result, latents, decoded = _round_trip(model, x.to(dev))
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
@@ -129,7 +132,7 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str]) -> dict:
     return result
 
 
-def _inputs(model, cfg, images, split: str, limit: int, data_dir) -> tuple:
+def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, notify) -> tuple:
     """(uint8 images (N, C, H, W), a description): the image files given, else a split's first images."""
     import torch
 
@@ -140,7 +143,9 @@ def _inputs(model, cfg, images, split: str, limit: int, data_dir) -> tuple:
     from finc_cli.data.batches import fetch
     from finc_cli.data.datasets import get_dataset
 
-    ds = get_dataset(cfg.data.name, split, data_dir or cfg.data.data_dir)
+    ds = get_dataset(
+        cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
+    )
     x = fetch(ds, torch.arange(min(limit, len(ds))))
     return x, f"{cfg.data.name}/{split} (first {x.shape[0]})"
 

@@ -64,6 +64,10 @@ BackendOpt = Annotated[
     Optional[str], typer.Option("--backend", help="FInC inverse backend: auto, wavefront, native, cupy, reference.")
 ]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
+CacheDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--cache-dir", help="Prepared-data folder (else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -109,6 +113,10 @@ def train_cli(
     device: Annotated[Optional[Device], typer.Option("--device", help="train.device")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="train.seed")] = None,
     data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    num_workers: Annotated[
+        Optional[int], typer.Option("--num-workers", help="data.num_workers: batch-assembling processes.")
+    ] = None,
     precision: Annotated[
         Optional[Precision], typer.Option("--precision", help="32 or bf16 (coupling nets under autocast)")
     ] = None,
@@ -131,6 +139,8 @@ def train_cli(
         "train.device": device.value if device else None,
         "train.seed": seed,
         "data.data_dir": data_dir,
+        "data.cache_dir": cache_dir,
+        "data.num_workers": num_workers,
         "train.precision": precision.value if precision else None,
         "train.accumulate": accumulate,
     }
@@ -165,6 +175,11 @@ def _run_dir(out: Optional[str], resume: Optional[str], name: str):
     return Path("runs") / name
 
 
+def _note(text: str) -> None:
+    """A one-line note about the data (a missing or unusable prepared cache), on stderr."""
+    err_console.print(text, highlight=False, soft_wrap=True)
+
+
 def _is_main_process() -> bool:
     import os
 
@@ -180,6 +195,7 @@ def evaluate_cli(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (e.g. runs/digits/best.pt).")],
     split: Annotated[Split, typer.Option("--split", help="Dataset split.")] = Split.test,
     data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = None,
     device: DeviceOpt = Device.auto,
     json_out: JsonOpt = False,
@@ -195,6 +211,8 @@ def evaluate_cli(
         batch_size,
         device.value,
         progress=None if json_out else count_progress("evaluating"),
+        cache_dir=cache_dir,
+        notify=_note,
     )
     if json_out:
         emit_json(result)
@@ -262,6 +280,7 @@ def invert_cli(
     ] = Split.test,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Images taken from the split.")] = 256,
     data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     save_latents: Annotated[Optional[str], typer.Option("--save-latents", help="Write the latents to FILE.")] = None,
@@ -278,7 +297,19 @@ def invert_cli(
     from finc_cli.invert import invert
 
     result = invert(
-        checkpoint, images, split.value, limit, data_dir, device.value, backend, save_latents, latents, out, threshold
+        checkpoint,
+        images,
+        split.value,
+        limit,
+        data_dir,
+        device.value,
+        backend,
+        save_latents,
+        latents,
+        out,
+        threshold,
+        cache_dir,
+        _note,
     )
     if json_out:
         emit_json(result)
@@ -317,8 +348,10 @@ def _render_invert(result: dict) -> None:
 
 
 from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)
+from finc_cli.cli.data import register as _register_data  # noqa: E402 (needs `app`)
 
 _register_benchmark(app)
+_register_data(app)
 
 
 def main() -> None:

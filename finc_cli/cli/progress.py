@@ -51,6 +51,8 @@ class RichReporter:
         if self.progress is None:
             return
         stats = f"loss {metrics['loss']:.3f} bpd"
+        if "data_share" in metrics:
+            stats += f" · data {100 * metrics['data_share']:.0f}%"
         if "val" in metrics:
             stats += f" · val {metrics['val']:.3f}"
         speed = self.progress.tasks[0].speed

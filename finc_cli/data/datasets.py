@@ -24,7 +24,11 @@ __all__ = [
     "ENV_VAR",
     "get_dataset",
     "ImageTensorDataset",
+    "read_split",
+    "recipe",
+    "RECIPE_VERSION",
     "resolve_data_dir",
+    "source_files",
     "SPLITS",
 ]
 
@@ -53,6 +57,7 @@ _FIX = f"pass --data-dir DIR or set {ENV_VAR}"
 # Validation images held out of the official training set (the usual sizes in the flow literature).
 _VAL_SIZE = {"mnist": 5000, "cifar10": 5000, "imagenet32": 10000, "imagenet64": 10000}
 _SPLIT_SEED = 0
+RECIPE_VERSION = 2  # bump when the images a split yields change (a prepared cache of an older recipe is stale)
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -91,9 +96,13 @@ class ImageTensorDataset(Dataset):
         x = self.images[i]  # (C, H, W)
         return self.transform(x) if self.transform is not None else x
 
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at `idx` as one uint8 batch (B, C, H, W), not augmented."""
+        return self.images[idx]
+
 
 class CelebAImages(Dataset):
-    """CelebA read lazily: centre crop 148×148, bilinear antialiased resize to 64×64 (as torchvision)."""
+    """CelebA read lazily: centre crop 148×148, antialiased bilinear resize to 64×64 (`data/celeba.py`)."""
 
     crop, size = 148, 64
 
@@ -104,23 +113,16 @@ class CelebAImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at `idx` decoded as one uint8 batch (B, 3, 64, 64), not augmented."""
+        from finc_cli.data.celeba import celeba64_batch
 
-        path = self.files[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except FileNotFoundError:
-            raise DatasetError(f"celeba64: image listed in list_eval_partition.txt is missing: {path}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"celeba64: cannot decode image {path}: {e}") from None
-        w, h = img.size
-        # Same rounding as torchvision.transforms.CenterCrop; PIL's bilinear resize antialiases.
-        top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
-        img = img.crop((left, top, left + self.crop, top + self.crop))
-        img = img.resize((self.size, self.size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()  # (H,W,C)->(C,H,W)
+        return celeba64_batch([self.files[int(i)] for i in idx])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from finc_cli.data.celeba import celeba64_from_file
+
+        x = celeba64_from_file(self.files[i])
         return self.transform(x) if self.transform is not None else x
 
 
@@ -136,28 +138,78 @@ def get_dataset(
     train_transform: bool = False,
     hflip: bool = False,
     translate: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Dataset:
     """The `split` ("train", "val" or "test") of dataset `name`; items are uint8 (C, H, W) tensors.
 
     Validation is held out of the official training set with a fixed seed; "test" is the official
     test split (for ImageNet the official validation set, `val_data`). Augmentation applies only
     to the training split and only when `train_transform` is set.
+
+    With `use_cache`, a prepared cache (`finc data prepare`) whose manifest matches the sources is
+    memory-mapped instead of reading the sources; a missing one or one that cannot be used (stale,
+    truncated, corrupted) is reported through `notify` in one line, and the sources are read.
     """
+    _check_split(name, split)
+    transform = Augment(hflip, translate) if train_transform and split == "train" else None
+    if use_cache:
+        from finc_cli.data.cache import open_prepared
+
+        mapped = open_prepared(name, split, data_dir, cache_dir, transform, notify)
+        if mapped is not None:
+            return mapped
+    return read_split(name, split, data_dir, transform)
+
+
+def _check_split(name: str, split: str) -> None:
     dataset_info(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    transform = Augment(hflip, translate) if train_transform and split == "train" else None
-    if name == "digits":
-        return ImageTensorDataset(torch.from_numpy(_digits(split)), transform)
+
+
+def _root(name: str, data_dir: str | os.PathLike | None) -> Path:
     root = resolve_data_dir(data_dir)
     if root is None:
         raise DatasetError(f"{name} needs a data directory holding {_LAYOUT[name]('DIR')}; {_FIX}")
+    return root
+
+
+def read_split(name: str, split: str, data_dir=None, transform: Callable | None = None) -> Dataset:
+    """The split read from its source files (no cache): images in memory, CelebA decoded lazily."""
+    _check_split(name, split)
+    if name == "digits":
+        return ImageTensorDataset(torch.from_numpy(_digits(split)), transform)
+    root = _root(name, data_dir)
     if name == "celeba64":
         return CelebAImages(_celeba_files(root, split), transform)
     parts = _LOADERS[name](root, "test" if split == "test" else "train")
     n = sum(len(p) for p in parts)
     idx = np.arange(n) if split == "test" else _holdout(n, _VAL_SIZE[name], name)[split]
     return ImageTensorDataset(torch.from_numpy(_take(parts, idx)), transform)
+
+
+def source_files(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The files (and, for CelebA, the image folder) that `split` of `name` is read from."""
+    _check_split(name, split)
+    if name == "digits":
+        import sklearn.datasets
+
+        return [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
+    root = _root(name, data_dir)
+    if name == "celeba64":
+        folder = _celeba_folder(root)
+        return [folder / "list_eval_partition.txt", folder / "img_align_celeba"]
+    return _FILES[name](root, "test" if split == "test" else "train")
+
+
+def recipe(name: str) -> dict:
+    """What turns the sources into a split's images; a prepared cache made with another recipe is stale."""
+    out = {"version": RECIPE_VERSION, "split_seed": _SPLIT_SEED, "val_size": _VAL_SIZE.get(name)}
+    if name == "celeba64":
+        out.update(crop=CelebAImages.crop, size=CelebAImages.size)
+    return out
 
 
 def _holdout(n: int, val_size: int, name: str) -> dict[str, np.ndarray]:
@@ -212,13 +264,17 @@ def _find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _mnist(root: Path, split: str) -> list[np.ndarray]:
+def _mnist_files(root: Path, split: str) -> list[Path]:
     name = _MNIST_FILES[split]
     for folder in (root / "MNIST" / "raw", root / "raw", root):
         path = _find_file(folder, name)
         if path is not None:
-            return [_read_idx_images(path, 28, 28)]
+            return [path]
     raise DatasetError(f"mnist not found: expected {_LAYOUT['mnist'](root)}; {_FIX}")
+
+
+def _mnist(root: Path, split: str) -> list[np.ndarray]:
+    return [_read_idx_images(path, 28, 28) for path in _mnist_files(root, split)]
 
 
 def _read_idx_images(path: Path, height: int, width: int) -> np.ndarray:
@@ -281,12 +337,16 @@ def _batch_images(path: Path, size: int) -> np.ndarray:
 # CIFAR-10
 
 
-def _cifar10(root: Path, split: str) -> list[np.ndarray]:
+def _cifar10_files(root: Path, split: str) -> list[Path]:
     names = [f"data_batch_{k}" for k in range(1, 6)] if split == "train" else ["test_batch"]
     for folder in (root / "cifar-10-batches-py", root):
         if all((folder / n).is_file() for n in names):
-            return [_batch_images(folder / n, 32) for n in names]
+            return [folder / n for n in names]
     raise DatasetError(f"cifar10 not found: expected {_LAYOUT['cifar10'](root)}; {_FIX}")
+
+
+def _cifar10(root: Path, split: str) -> list[np.ndarray]:
+    return [_batch_images(path, 32) for path in _cifar10_files(root, split)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +373,7 @@ def _find_batch(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _imagenet(root: Path, split: str, size: int) -> list[np.ndarray]:
+def _imagenet_files(root: Path, split: str, size: int) -> list[Path]:
     name = f"imagenet{size}"
     for train_dir, val_dir in _imagenet_folders(root, size):
         if split == "train":
@@ -321,27 +381,36 @@ def _imagenet(root: Path, split: str, size: int) -> list[np.ndarray]:
         else:
             files = [f for f in [_find_batch(val_dir, "val_data")] if f is not None]
         if files:
-            return [_batch_images(f, size) for f in files]
+            return files
     raise DatasetError(f"{name} not found: expected {_LAYOUT[name](root)}; {_FIX}")
+
+
+def _imagenet(root: Path, split: str, size: int) -> list[np.ndarray]:
+    return [_batch_images(f, size) for f in _imagenet_files(root, split, size)]
 
 
 # ---------------------------------------------------------------------------------------------
 # CelebA
 
 
-def _celeba_files(root: Path, split: str) -> list[Path]:
+def _celeba_folder(root: Path) -> Path:
     for folder in (root / "celeba", root):
-        images, partition = folder / "img_align_celeba", folder / "list_eval_partition.txt"
-        if images.is_dir() and partition.is_file():
-            code = str(SPLITS.index(split))  # 0 train, 1 val, 2 test
-            files = [images / f for f, c in _read_partition(partition) if c == code]
-            if not files:
-                raise DatasetError(f"celeba64: {partition} lists no images for split {split!r} (code {code})")
-            for path in files[:1] + files[-1:]:  # cheap check now; the rest fail clearly on load
-                if not path.is_file():
-                    raise DatasetError(f"celeba64: image listed in {partition} is missing: {path}")
-            return files
+        if (folder / "img_align_celeba").is_dir() and (folder / "list_eval_partition.txt").is_file():
+            return folder
     raise DatasetError(f"celeba64 not found: expected {_LAYOUT['celeba64'](root)}; {_FIX}")
+
+
+def _celeba_files(root: Path, split: str) -> list[Path]:
+    folder = _celeba_folder(root)
+    images, partition = folder / "img_align_celeba", folder / "list_eval_partition.txt"
+    code = str(SPLITS.index(split))  # 0 train, 1 val, 2 test
+    files = [images / f for f, c in _read_partition(partition) if c == code]
+    if not files:
+        raise DatasetError(f"celeba64: {partition} lists no images for split {split!r} (code {code})")
+    for path in files[:1] + files[-1:]:  # cheap check now; the rest fail clearly on load
+        if not path.is_file():
+            raise DatasetError(f"celeba64: image listed in {partition} is missing: {path}")
+    return files
 
 
 def _read_partition(path: Path) -> list[tuple[str, str]]:
@@ -360,6 +429,14 @@ def _read_partition(path: Path) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # registry: loader and expected layout (for error messages) per dataset
 
+
+# The files each dataset's official "train" or "test" split is read from.
+_FILES: dict[str, Callable[[Path, str], list[Path]]] = {
+    "mnist": _mnist_files,
+    "cifar10": _cifar10_files,
+    "imagenet32": lambda root, split: _imagenet_files(root, split, 32),
+    "imagenet64": lambda root, split: _imagenet_files(root, split, 64),
+}
 
 # Each loader returns the official "train" or "test" split as parts (one per file) of (N, C, H, W).
 _LOADERS: dict[str, Callable[[Path, str], list[np.ndarray]]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,7 +13,8 @@ import torch
 from finc_cli import distributed as dist_utils
 from finc_cli.checkpoint import read_checkpoint, save_checkpoint
 from finc_cli.config import Config, config_from_dict, save_config
-from finc_cli.data.batches import batch_indices, fetch
+from finc_cli.data.batches import batch_indices, fetch, step_batch
+from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import InputError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
 from finc_cli.train.run_dir import append_metrics, create_run_dir, prepare_run_dir, truncate_metrics
@@ -137,10 +139,12 @@ class Trainer:
         from finc_cli.data.datasets import get_dataset
 
         d = self.cfg.data
+        notify = self.reporter.log if self.ctx.is_main else None
+        kw = {"cache_dir": d.cache_dir, "notify": notify}
         self.train_ds = get_dataset(
-            d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate
+            d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate, **kw
         )
-        self.val_ds = get_dataset(d.name, "val", d.data_dir)
+        self.val_ds = get_dataset(d.name, "val", d.data_dir, **kw)
 
     def _build_model(self) -> None:
         from finc_cli.model import build_model
@@ -170,6 +174,7 @@ class Trainer:
         self.probe = fetch(self.val_ds, torch.arange(min(16, len(self.val_ds)))).to(self.device)
         self.start_step, self.t0 = self.state.step, time.perf_counter()
         self.running: list = []  # losses since the last log line
+        self.waits: list = []  # (data_s, compute_s) of each step since the last log line
         self.last_log = time.perf_counter()
         self.last_eval: dict = {}
 
@@ -180,6 +185,7 @@ class Trainer:
             self._save("last.pt")  # a fresh run is resumable (and has a rollback target) from its first moment
         self.reporter.start(self.t.steps, self.state.step)
         self.model.train()
+        self.batches = self._prefetcher()
         try:
             with _Signals() as signals:
                 while self.state.step < self.t.steps:
@@ -187,15 +193,29 @@ class Trainer:
                 if not self.last_eval:  # zero steps asked, or resumed at the end: still report a figure
                     self.last_eval = self._evaluate(log=self.start_step == 0)  # a resumed run logged this step already
         finally:
+            self.batches.close()
             self.reporter.stop()
             dist_utils.barrier()
             if self.ctx.owns_group:
                 dist_utils.cleanup()
         return self._summary()
 
+    def _prefetcher(self) -> Prefetcher:
+        """This process's batches for the remaining steps, assembled ahead (data.num_workers processes, or a thread)."""
+        t, ctx = self.t, self.ctx
+        make = partial(
+            step_batch, self.train_ds, seed=t.seed, batch_size=t.batch_size, rank=ctx.rank, world=ctx.world_size
+        )
+        pin = self.device.type == "cuda"
+        return Prefetcher(make, self.state.step, t.steps, workers=self.cfg.data.num_workers, pin=pin)
+
     def _step(self, signals: _Signals) -> None:
         """One optimizer update, then whatever falls due after it, in a fixed order."""
-        stats = train_step(self.net, self.model, self.optimizer, self.train_ds, self.cfg, self.state, self.ctx)
+        t0 = time.perf_counter()
+        images, noise = to_device(self.batches.get(self.state.step), self.device)
+        t1 = time.perf_counter()
+        stats = train_step(self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx)
+        self.waits.append((t1 - t0, time.perf_counter() - t1))  # the loss read back synchronised the device
         self.state.step += 1
         if stats["skipped"]:
             self._on_nonfinite(stats)
@@ -204,7 +224,10 @@ class Trainer:
         if self._due(self.t.log_every):
             self._log_progress(stats)
         val = {"val": self.last_eval["val_bpd"]} if self.last_eval else {}
-        self.reporter.advance(self.state.step, {"loss": stats["loss"], **val})
+        data_s, compute_s = self.waits[-1] if self.waits else (0.0, 0.0)
+        self.reporter.advance(
+            self.state.step, {"loss": stats["loss"], "data_share": data_s / max(data_s + compute_s, 1e-9), **val}
+        )
         if self._due(self.t.eval_every):
             self.last_eval = self._evaluate()
         if self.ctx.is_main and self._due(self.t.sample_every):
@@ -220,6 +243,7 @@ class Trainer:
     def _log_progress(self, stats: dict) -> None:
         now, running = time.perf_counter(), self.running
         its = len(running) / max(now - self.last_log, 1e-9) if running else 0.0
+        waits = self.waits or [(0.0, 0.0)]
         record = {
             "step": self.state.step,
             "loss_bpd": sum(running) / len(running) if running else float("nan"),
@@ -227,9 +251,11 @@ class Trainer:
             "grad_norm": stats["grad_norm"],
             "it_s": its,
             "elapsed_s": now - self.t0,
+            "data_s": sum(w[0] for w in waits) / len(waits),  # mean wait for the batch per step
+            "compute_s": sum(w[1] for w in waits) / len(waits),  # mean forward, backward and update per step
         }
         self._log_line(record)
-        self.running, self.last_log = [], now
+        self.running, self.waits, self.last_log = [], [], now
 
     def _stop_if_signalled(self, signals: _Signals, saved: bool) -> None:
         """A signal on any rank stops every rank at this step, with last.pt written for --resume."""

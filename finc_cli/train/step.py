@@ -9,7 +9,6 @@ import torch
 
 from finc_cli import distributed as dist_utils
 from finc_cli.config import Config
-from finc_cli.data.batches import batch_indices, fetch
 from finc_cli.train.state import TrainState
 
 __all__ = ["build_optimizer", "lr_factor", "nonfinite_reason", "set_lr", "train_step"]
@@ -40,25 +39,22 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(net, model, optimizer, train_ds, cfg: Config, state: TrainState, ctx) -> dict:
-    """One optimizer update over the global batch; a pure function of (seed, step) for its randomness.
+def train_step(
+    net, model, optimizer, images: torch.Tensor, noise: torch.Tensor, cfg: Config, state: TrainState, ctx
+) -> dict:
+    """One optimizer update on this process's slice of the step's global batch (`data.batches.step_batch`).
 
-    `net` is the model itself, or the model wrapped in DistributedDataParallel: either way its
-    forward is the model's one loss, bits/dim of integer images (docs/training.md).
+    `images` (uint8) and `noise` are already on the device. `net` is the model itself, or the model
+    wrapped in DistributedDataParallel: either way its forward is the model's one loss, bits/dim of
+    integer images (docs/training.md §3–5).
 
     Returns {loss, grad_norm, skipped}: a non-finite loss or gradient skips the update and counts
     in `state.bad_steps`.
     """
     t = cfg.train
     set_lr(optimizer, t.lr * lr_factor(state.step, cfg) * state.lr_scale)
-    torch.manual_seed(t.seed * 1_000_003 + state.step + 1)  # augmentation and noise of this step
-    idx = batch_indices(len(train_ds), t.batch_size, t.seed, state.step)
-    x = fetch(train_ds, idx)  # (B_global, C, H, W) uint8
-    noise = torch.rand(x.shape)  # the same on every rank: DDP = one process with the global batch
-    mine = slice(ctx.rank, None, ctx.world_size)
-    x, noise = x[mine].to(ctx.device), noise[mine].to(ctx.device)
     optimizer.zero_grad(set_to_none=True)
-    loss = _backward(net, x, noise, t.accumulate, ctx)
+    loss = _backward(net, images, noise, t.accumulate, ctx)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip else float("inf"))
     if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):

@@ -1,0 +1,320 @@
+"""Prepared datasets: each split once as an uncompressed uint8 .npy (N, C, H, W), memory-mapped, with a manifest.
+
+Layout: CACHE_DIR/NAME-SPLIT.npy and CACHE_DIR/NAME-SPLIT.json, where CACHE_DIR is `--cache-dir`,
+else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache beside the data (the user cache folder for the
+bundled digits). A split is used only while its manifest matches: same format version and
+recipe, same source files (sizes and modification times), the array file of the recorded size
+and shape, and its SHA-256. The checksum is recomputed whenever the array file's size,
+modification time or inode differ from the ones recorded when it was written, and always with
+`verify=True` (`finc data info --verify`). Writes are atomic and one preparer at a time holds
+CACHE_DIR/.lock (docs/training.md §1).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from finc_cli.data.datasets import SPLITS, dataset_info, read_split, recipe, resolve_data_dir, source_files
+from finc_cli.errors import DatasetError
+
+__all__ = [
+    "ENV_VAR",
+    "FORMAT_VERSION",
+    "CacheStatus",
+    "MappedImages",
+    "check",
+    "open_prepared",
+    "prepare",
+    "resolve_cache_dir",
+]
+
+FORMAT = "finc-prepared-split"
+FORMAT_VERSION = 1
+ENV_VAR = "FINC_CACHE_DIR"
+FOLDER = ".finc_cache"
+CHUNK_BYTES = 64 << 20  # hashing and copying go through memory in pieces of this size
+
+Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+
+
+def resolve_cache_dir(data_dir=None, cache_dir=None) -> Path:
+    """--cache-dir > $FINC_CACHE_DIR > DATA_DIR/.finc_cache > the user cache folder (no data dir)."""
+    chosen = cache_dir or os.environ.get(ENV_VAR)
+    if chosen:
+        return Path(chosen).expanduser()
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        return root / FOLDER
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "finc" / "data"
+
+
+def _paths(folder: Path, name: str, split: str) -> tuple[Path, Path]:
+    return folder / f"{name}-{split}.npy", folder / f"{name}-{split}.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# the memory-mapped dataset
+
+
+class MappedImages(Dataset):
+    """A prepared split, memory-mapped read-only: the processes of a node share one copy in the page cache."""
+
+    def __init__(self, path, transform: Optional[Callable] = None):
+        self.path, self.transform = Path(path), transform
+        self._array: Optional[np.ndarray] = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:  # opened on first use, so a DataLoader worker maps its own view
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}  # a pickled dataset re-maps the file, never copies it
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = torch.from_numpy(np.array(self.array[int(i)]))  # (C, H, W), a private copy
+        return self.transform(x) if self.transform is not None else x
+
+    def batch(self, idx) -> torch.Tensor:
+        """The images at `idx` as one uint8 batch (B, C, H, W), read in file order, not augmented."""
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), *self.array.shape[1:]), dtype=np.uint8)
+        out[order] = self.array[idx[order]]  # sorted reads: sequential pages where the batch allows
+        return torch.from_numpy(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# checking
+
+
+@dataclass
+class CacheStatus:
+    state: str  # current | missing | stale | corrupt
+    reason: str
+    array: Path
+    manifest: Path
+    info: Optional[dict] = None  # the manifest, when it could be read
+
+
+def _stat(path: Path) -> dict:
+    st = path.stat()
+    entry = {"path": str(path.resolve()), "mtime_ns": st.st_mtime_ns}
+    if path.is_dir():
+        with os.scandir(path) as it:
+            entry["entries"] = sum(1 for _ in it)
+    else:
+        entry["size"] = st.st_size
+    return entry
+
+
+def _sources(name: str, split: str, data_dir) -> list[dict]:
+    return [_stat(p) for p in source_files(name, split, data_dir)]
+
+
+def _array_stat(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of the array's data (the .npy header excluded), read in chunks."""
+    array = np.load(path, mmap_mode="r")
+    h = hashlib.sha256()
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK_BYTES):
+        h.update(flat[start : start + CHUNK_BYTES])
+    return h.hexdigest()
+
+
+def check(name: str, split: str, data_dir=None, cache_dir=None, verify: bool = False) -> CacheStatus:
+    """Whether the prepared `split` of `name` can be used, and if not, why (one line)."""
+    array, manifest = _paths(resolve_cache_dir(data_dir, cache_dir), name, split)
+    if not manifest.is_file():
+        reason = "no manifest beside the array" if array.is_file() else "not prepared"
+        return CacheStatus("missing" if not array.is_file() else "corrupt", reason, array, manifest)
+    try:
+        info = json.loads(manifest.read_text())
+        assert isinstance(info, dict) and info.get("format") == FORMAT
+    except (OSError, ValueError, AssertionError):
+        return CacheStatus("corrupt", f"unreadable manifest {manifest.name}", array, manifest)
+    status = _compare(info, name, split, data_dir, array, verify)
+    return CacheStatus(status[0], status[1], array, manifest, info)
+
+
+def _compare(info: dict, name: str, split: str, data_dir, array: Path, verify: bool) -> tuple[str, str]:
+    if info.get("format_version") != FORMAT_VERSION or info.get("recipe") != recipe(name):
+        return "stale", "made by another version of finc's preparation"
+    if (info.get("dataset"), info.get("split")) != (name, split):
+        return "corrupt", f"its manifest describes {info.get('dataset')}/{info.get('split')}"
+    try:
+        now = _sources(name, split, data_dir)
+    except (DatasetError, OSError) as exc:
+        return "stale", f"its source files cannot be checked ({str(exc).splitlines()[0]})"
+    changed = [a["path"] for a, b in zip(now, info.get("sources", [])) if a != b]
+    if len(now) != len(info.get("sources", [])) or changed:
+        return "stale", f"the source {changed[0] if changed else 'file list'} changed since it was prepared"
+    if not array.is_file():
+        return "corrupt", "the array file is missing"
+    stat = _array_stat(array)
+    if stat["size"] != info.get("array_stat", {}).get("size"):
+        return "corrupt", f"the array file is {stat['size']} bytes, {info.get('array_stat', {}).get('size')} expected"
+    try:
+        shape = list(np.load(array, mmap_mode="r").shape)
+    except (OSError, ValueError) as exc:
+        return "corrupt", f"the array file cannot be read ({exc})"
+    if shape != info.get("shape"):
+        return "corrupt", f"the array has shape {shape}, {info.get('shape')} expected"
+    if (verify or stat != info.get("array_stat")) and _sha256(array) != info.get("sha256"):
+        return "corrupt", "its checksum does not match"
+    return "current", "matches its sources"
+
+
+def open_prepared(name, split, data_dir=None, cache_dir=None, transform=None, notify=None) -> Optional[MappedImages]:
+    """The prepared split if it is current; else None, after telling `notify` why in one line."""
+    status = check(name, split, data_dir, cache_dir)
+    if status.state == "current":
+        return MappedImages(status.array, transform)
+    if notify is not None and not (name == "digits" and status.state == "missing"):
+        fix = f"finc data prepare {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+        if status.state == "missing":
+            notify(f"hint: `{fix}` would make loading {name}/{split} faster and share it between processes")
+        else:
+            notify(
+                f"warning: prepared {status.array} is {status.state} ({status.reason}); reading the source "
+                f"files instead; refresh it with `{fix}`"
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# preparing
+
+
+def prepare(
+    name: str,
+    data_dir=None,
+    cache_dir=None,
+    splits=SPLITS,
+    force: bool = False,
+    workers: Optional[int] = None,
+    progress: Optional[Progress] = None,
+) -> dict:
+    """Write each split of `name` as NAME-SPLIT.npy + .json in the cache folder (current ones are kept)."""
+    from finc_cli.locking import exclusive_lock
+
+    dataset_info(name)
+    folder = resolve_cache_dir(data_dir, cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create the cache folder {folder}: {exc.strerror}; pass --cache-dir") from None
+    rows = []
+    with exclusive_lock(folder / ".lock", f"the prepared-data folder {folder}", wait=True):
+        for split in splits:
+            status = check(name, split, data_dir, cache_dir)
+            row = {"split": split, "before": status.state, "path": str(status.array)}
+            if status.state == "current" and not force:
+                rows.append({**row, "written": False, "shape": status.info["shape"], "seconds": 0.0})
+                continue
+            rows.append({**row, "written": True, **_write(name, split, data_dir, folder, workers, progress)})
+    return {"dataset": name, "cache_dir": str(folder), "splits": rows}
+
+
+def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> dict:
+    """Read the split from its sources into NAME-SPLIT.npy, then write its manifest (both atomically)."""
+    from finc_cli import __version__
+    from finc_cli.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+
+    t0 = time.perf_counter()
+    array, manifest = _paths(folder, name, split)
+    for path in (array, manifest):
+        remove_stale_temporaries(folder, path.name)
+    sources = _sources(name, split, data_dir)
+    ds = read_split(name, split, data_dir)
+    info = dataset_info(name)
+    shape = (len(ds), info.channels, info.height, info.width)
+    advance = progress(f"{name}/{split}", shape[0]) if progress else (lambda n: None)
+    # An old manifest left beside the new array cannot vouch for it: the array's recorded size,
+    # modification time and inode no longer match, so its checksum is recomputed and differs.
+    with atomic_path(array) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        digest = _fill(out, ds, name, workers, advance)
+        out.flush()
+        del out
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "finc_version": __version__,
+        "dataset": name,
+        "split": split,
+        "shape": list(shape),
+        "dtype": "uint8",
+        "recipe": recipe(name),
+        "sources": sources,
+        "sha256": digest,
+        "array_stat": _array_stat(array),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
+    return {"shape": list(shape), "bytes": record["array_stat"]["size"], "seconds": time.perf_counter() - t0}
+
+
+def _fill(out: np.ndarray, ds, name: str, workers: Optional[int], advance) -> str:
+    """Copy the split into `out` in order, hashing as it goes; CelebA is decoded in parallel processes."""
+    h = hashlib.sha256()
+    per_chunk = max(1, CHUNK_BYTES // max(1, out[0].nbytes)) if len(out) else 1
+    for start, images in _chunks(ds, name, per_chunk, workers):
+        out[start : start + len(images)] = images
+        h.update(np.ascontiguousarray(images).reshape(-1))
+        advance(len(images))
+    return h.hexdigest()
+
+
+def _chunks(ds, name: str, per_chunk: int, workers: Optional[int]):
+    """(start, uint8 images) in order: slices of an in-memory split, or CelebA decoded by a process pool."""
+    n = len(ds)
+    if name != "celeba64":
+        images = ds.images.numpy() if isinstance(ds.images, torch.Tensor) else ds.images
+        for start in range(0, n, per_chunk):
+            yield start, images[start : start + per_chunk]
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = 256  # images per task: large enough to amortise the pickling, small for a smooth progress bar
+    tasks = [[str(p) for p in ds.files[s : s + size]] for s in range(0, n, size)]
+    # Spawned, not forked: a forked child of a process whose OpenMP pool is running can hang in its
+    # first parallel region (the resize), so each worker starts fresh with one intra-op thread.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=context, initializer=_one_thread) as pool:
+        for k, images in enumerate(pool.map(_decode_celeba, tasks)):
+            yield k * size, images
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the pool's processes are the parallelism
+
+
+def _decode_celeba(files: list[str]) -> np.ndarray:
+    """A process-pool task: decode, crop and resize a list of CelebA JPEGs to (n, 3, 64, 64) uint8."""
+    from finc_cli.data.datasets import CelebAImages
+
+    ds = CelebAImages([Path(f) for f in files])
+    return ds.batch(torch.arange(len(files))).numpy()
