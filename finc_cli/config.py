@@ -13,6 +13,8 @@ from finc_cli.errors import ConfigError
 
 __all__ = [
     "apply_overrides",
+    "changed_keys",
+    "check_resume_overrides",
     "Config",
     "config_from_dict",
     "DataConfig",
@@ -22,6 +24,7 @@ __all__ = [
     "parse_override",
     "PRESET_DIR",
     "resolve_preset_path",
+    "RESUMABLE_KEYS",
     "save_config",
     "SECTIONS",
     "TrainConfig",
@@ -85,6 +88,7 @@ class TrainConfig:
     eval_every: int = 500
     sample_every: int = 500
     checkpoint_every: int = 500
+    keep_checkpoints: int = 0  # also keep the last N periodic checkpoints as step-XXXXXXX.pt (0: only last/best)
     sample_temperature: float = 1.0
     max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
     health_threshold: float = 1e-3  # max reconstruction error before a FInC unit is flagged
@@ -234,12 +238,85 @@ def validate(cfg: Config) -> None:
         (t.sample_temperature > 0, "train.sample_temperature must be > 0"),
         (min(t.log_every, t.eval_every, t.sample_every, t.checkpoint_every) >= 1, "train.*_every must be >= 1"),
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
+        (t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
         (cfg.data.translate >= 0, "data.translate must be >= 0"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+# What may change when a run is resumed: its length, schedule, batching, logging and where data
+# comes from. Everything else (the architecture, the dataset and its augmentation, the optimizer,
+# the seed) is fixed by the checkpoint: changing it would not continue the same run.
+RESUMABLE_KEYS = frozenset(
+    [f"data.{k}" for k in ("data_dir", "cache_dir", "num_workers")]
+    + [
+        f"train.{k}"
+        for k in (
+            "steps",
+            "lr",
+            "weight_decay",
+            "warmup_steps",
+            "lr_decay",
+            "lr_decay_rate",
+            "grad_clip",
+            "batch_size",
+            "eval_batch_size",
+            "accumulate",
+            "precision",
+            "device",
+            "log_every",
+            "eval_every",
+            "sample_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "sample_temperature",
+            "max_bad_steps",
+            "health_threshold",
+        )
+    ]
+)
+
+
+def _qualified(key: str) -> str:
+    if "." in key:
+        return key
+    owners = [s for s, c in SECTIONS.items() if key in {f.name for f in fields(c)}]
+    return f"{owners[0]}.{key}" if len(owners) == 1 else key
+
+
+def check_resume_overrides(run: Config, overrides: Optional[dict]) -> None:
+    """Refuse, before anything is loaded, an override that would change a key fixed by the run."""
+    for key, value in (overrides or {}).items():
+        name = _qualified(key)
+        section, _, field_name = name.partition(".")
+        if name in RESUMABLE_KEYS or section not in SECTIONS or not hasattr(getattr(run, section), field_name):
+            continue
+        before = getattr(getattr(run, section), field_name)
+        try:
+            after = _coerce(value, get_type_hints(SECTIONS[section])[field_name], name)
+        except ConfigError:
+            after = value
+        if after != before:
+            raise ConfigError(
+                f"{name} cannot change on resume ({before} in the run, {after} given); start a new run with "
+                f"--out to change it (keys that may change: train.steps, the learning-rate schedule, batching, logging)"
+            )
+
+
+def changed_keys(before: Config, after: Config) -> list[tuple[str, Any, Any]]:
+    """(section.key, old, new) for every key whose value differs between two configs."""
+    out = []
+    for section in SECTIONS:
+        a, b = getattr(before, section), getattr(after, section)
+        out += [
+            (f"{section}.{f.name}", getattr(a, f.name), getattr(b, f.name))
+            for f in fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)
+        ]
+    return out
 
 
 def _read_yaml(path: Path) -> dict:

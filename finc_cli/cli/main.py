@@ -103,6 +103,10 @@ def train_cli(
     resume: Annotated[
         Optional[str], typer.Option("--resume", help="Run directory or checkpoint to continue, or 'auto'.")
     ] = None,
+    start: Annotated[
+        Optional[str],
+        typer.Option("--from", help="With --resume: resume from this older checkpoint of the run (step-XXXXXXX.pt)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty run directory.")] = False,
     sets: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override any key: section.key=value (repeatable).")
@@ -151,7 +155,7 @@ def train_cli(
 
     reporter = RichReporter(enabled=not quiet and not json_out)
     try:
-        summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter)
+        summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter, start=start)
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + exc.signum) from None  # 130 for SIGINT, 143 for SIGTERM: the shell convention

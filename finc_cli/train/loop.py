@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from functools import partial
@@ -11,13 +13,24 @@ from typing import Any, Optional
 import torch
 
 from finc_cli import distributed as dist_utils
-from finc_cli.checkpoint import read_checkpoint, save_checkpoint
-from finc_cli.config import Config, config_from_dict, save_config
+from finc_cli import errors
+from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
+from finc_cli.config import Config, changed_keys, check_resume_overrides, config_from_dict, save_config
 from finc_cli.data.batches import batch_indices, fetch, step_batch
 from finc_cli.data.prefetch import Prefetcher, to_device
-from finc_cli.errors import InputError, TrainingDiverged
+from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
-from finc_cli.train.run_dir import append_metrics, create_run_dir, prepare_run_dir, truncate_metrics
+from finc_cli.locking import exclusive_lock
+from finc_cli.train.run_dir import (
+    LOCK_FILE,
+    append_metrics,
+    clean_run_dir,
+    free_bytes,
+    keep_step_checkpoint,
+    make_run_dir,
+    prepare_run_dir,
+    truncate_metrics,
+)
 from finc_cli.train.state import TrainState, checkpoint_payload, params_digest, params_finite, restore
 from finc_cli.train.step import build_optimizer, nonfinite_reason, train_step
 
@@ -81,16 +94,28 @@ def train(
     force: bool = False,
     overrides: Optional[dict] = None,
     reporter: Optional[Reporter] = None,
+    start: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train a FInC Flow; write config.yaml, metrics.jsonl, last.pt, best.pt and sample grids to out_dir.
 
-    `resume` is a run directory, a checkpoint, or "auto" (resume out_dir if it holds last.pt).
-    When resuming, the checkpoint's config is used with `overrides` applied on top.
+    `resume` is a run directory, a checkpoint, or "auto" (resume out_dir if it holds last.pt);
+    `start` (--from) names an older checkpoint of that run to resume from instead of last.pt.
+    When resuming, the checkpoint's config is used with `overrides` applied on top; an override
+    of a key fixed by the run is refused (`config.RESUMABLE_KEYS` lists those that may change).
+    Rank 0 holds the run directory's lock for the whole run: a second writer fails at once.
     """
-    trainer = Trainer(
-        cfg, Path(out_dir), resume=resume, force=force, overrides=overrides, reporter=reporter or Reporter()
-    )
-    return trainer.run()
+    with contextlib.ExitStack() as held:
+        trainer = Trainer(
+            cfg,
+            Path(out_dir),
+            resume=resume,
+            force=force,
+            overrides=overrides,
+            reporter=reporter or Reporter(),
+            start=start,
+            held=held,
+        )
+        return trainer.run()
 
 
 class Trainer:
@@ -100,13 +125,27 @@ class Trainer:
     gathers) in the same order; only rank 0 writes files.
     """
 
-    def __init__(self, cfg: Config, out: Path, *, resume, force, overrides, reporter: Reporter):
+    def __init__(
+        self,
+        cfg: Config,
+        out: Path,
+        *,
+        resume,
+        force,
+        overrides,
+        reporter: Reporter,
+        start=None,
+        held: Optional[contextlib.ExitStack] = None,
+    ):
         self.out, self.reporter = out, reporter
+        self.held = held if held is not None else contextlib.ExitStack()
+        self.locked = False
         self.metrics_path = out / "metrics.jsonl"
         self.ctx = dist_utils.setup(cfg.train.device)
         self.device = self.ctx.device
-        self.ckpt = self._find_checkpoint(resume, force)
+        self.ckpt = self._find_checkpoint(resume, force, start)
         self.cfg, data = _resolve_config(cfg, self.ckpt, overrides)
+        self.changes = changed_keys(config_from_dict(data["config"]), self.cfg) if data is not None else []
         self.t = self.cfg.train
         self._check_batch_size()
         self._load_data()
@@ -114,18 +153,46 @@ class Trainer:
         self.fresh = data is None
         self._resume_or_initialize(data)
         if self.ctx.is_main:  # every input checked: only now is anything written
-            create_run_dir(out, fresh=self.fresh)
+            make_run_dir(out)
+            self._lock()
+            clean_run_dir(out, fresh=self.fresh)
             save_config(self.cfg, out / "config.yaml")
             truncate_metrics(self.metrics_path, self.state.step)
+            for key, before, after in self.changes:
+                self._log_line(
+                    {"step": self.state.step, "event": "config_changed", "key": key, "from": before, "to": after}
+                )
         self._prepare_loop()
 
     # -- setup ------------------------------------------------------------------------------------
 
-    def _find_checkpoint(self, resume: Optional[str], force: bool) -> Optional[Path]:
-        """Rank 0 checks the run directory; every rank learns which checkpoint to resume from."""
-        ckpt = prepare_run_dir(self.out, resume, force) if self.ctx.is_main else None
-        ckpt = dist_utils.broadcast_object(str(ckpt) if ckpt else None)
+    def _find_checkpoint(self, resume: Optional[str], force: bool, start: Optional[str]) -> Optional[Path]:
+        """Rank 0 locks and checks the run directory; every rank learns the checkpoint to resume from, or the error."""
+        found: tuple = (None, None)
+        if self.ctx.is_main:
+            try:
+                if self.out.is_dir():
+                    self._lock()  # before anything is read: a second writer stops here
+                ckpt = prepare_run_dir(self.out, resume, force, start)
+                found = (str(ckpt) if ckpt else None, None)
+            except FincError as exc:
+                found = (None, (type(exc).__name__, str(exc)))
+        ckpt, error = dist_utils.broadcast_object(found)
+        if error is not None:  # every rank stops with rank 0's error, rather than wait for it
+            raise getattr(errors, error[0], FincError)(error[1])
         return Path(ckpt) if ckpt else None
+
+    def _lock(self) -> None:
+        """Hold the run directory's lock until the run ends (rank 0 only); DIR/.lock names the holder."""
+        if self.locked:
+            return
+        if not os.access(self.out, os.W_OK):
+            raise RunDirError(f"run directory {self.out} is not writable")
+        try:
+            self.held.enter_context(exclusive_lock(self.out / LOCK_FILE, f"run directory {self.out}"))
+        except PermissionError as exc:
+            raise RunDirError(f"run directory {self.out} is not writable ({exc.strerror})") from None
+        self.locked = True
 
     def _check_batch_size(self) -> None:
         t, ctx = self.t, self.ctx
@@ -234,7 +301,7 @@ class Trainer:
             _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
         periodic = self._due(self.t.checkpoint_every)
         if periodic:
-            self._save("last.pt")
+            self._save("last.pt", periodic=True)
         self._stop_if_signalled(signals, saved=periodic)
 
     def _due(self, every: int) -> bool:
@@ -292,7 +359,9 @@ class Trainer:
             self._save("best.pt")
         return record
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, periodic: bool = False) -> None:
+        if self.ctx.is_main:
+            self._check_space()
         if self.ctx.is_main and not params_finite(self.model):  # never replace a good checkpoint with NaNs
             self._log_line(
                 {
@@ -307,6 +376,27 @@ class Trainer:
             )
         elif self.ctx.is_main:
             save_checkpoint(self.out / name, checkpoint_payload(self.model, self.optimizer, self.state, self.cfg))
+            self.ckpt_bytes = (self.out / name).stat().st_size
+            if periodic and name == "last.pt" and self.t.keep_checkpoints:
+                pruned = keep_step_checkpoint(self.out, self.state.step, self.t.keep_checkpoints)
+                if pruned:
+                    self._log_line({"step": self.state.step, "event": "pruned", "files": [p.name for p in pruned]})
+
+    def _check_space(self) -> None:
+        """Warn (once per shortage) when the free space will not hold the next checkpoint or the one after."""
+        needed = getattr(self, "ckpt_bytes", None) or _estimated_checkpoint_bytes(self.model, self.optimizer)
+        free = free_bytes(self.out)
+        short = free < 2 * needed  # the next save needs `needed` while the previous file still exists
+        if short and not getattr(self, "space_warned", False):
+            when = "the next checkpoint" if free < needed else "the checkpoint after next"
+            self.reporter.log(
+                f"warning: {self.out} has {free / 2**30:.2f} GiB free and a checkpoint takes "
+                f"{needed / 2**30:.2f} GiB: {when} may not fit; free some space or move the run"
+            )
+            self._log_line(
+                {"step": self.state.step, "event": "low_space", "free_bytes": free, "checkpoint_bytes": needed}
+            )
+        self.space_warned = short
 
     def _log_line(self, record: dict) -> None:
         if self.ctx.is_main:
@@ -368,14 +458,21 @@ class Trainer:
 
 
 def _resolve_config(cfg: Config, ckpt: Optional[Path], overrides: Optional[dict]) -> tuple[Config, Optional[dict]]:
-    """A resumed run takes its checkpoint's config, with this call's overrides on top."""
+    """A resumed run takes its checkpoint's config, with this call's overrides on top (fixed keys refused)."""
     if ckpt is None:
         return cfg, None
     from finc_cli.config import apply_overrides
 
     data = read_checkpoint(ckpt)
-    resumed = apply_overrides(config_from_dict(data["config"]), overrides)
-    return resumed, data
+    run = config_from_checkpoint(data, ckpt)
+    check_resume_overrides(run, overrides)  # before the weights are loaded into anything
+    return apply_overrides(config_from_checkpoint(data, ckpt), overrides), data
+
+
+def _estimated_checkpoint_bytes(model, optimizer) -> int:
+    """Before the first save: the weights, plus two moment tensors per weight for Adam-like optimizers."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights * (3 if isinstance(optimizer, (torch.optim.Adam, torch.optim.Adamax, torch.optim.AdamW)) else 1)
 
 
 def _save_samples(model, cfg: Config, path: Path) -> None:

@@ -4,28 +4,45 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from finc_cli.errors import RunDirError
 
-__all__ = ["RUN_FILES", "append_metrics", "create_run_dir", "prepare_run_dir", "truncate_metrics"]
+__all__ = [
+    "LOCK_FILE",
+    "RUN_FILES",
+    "append_metrics",
+    "clean_run_dir",
+    "free_bytes",
+    "keep_step_checkpoint",
+    "make_run_dir",
+    "prepare_run_dir",
+    "step_checkpoints",
+    "truncate_metrics",
+]
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
+LOCK_FILE = ".lock"  # held by the one process writing the run (finc_cli.locking)
 
 
-def prepare_run_dir(out: Path, resume: Optional[str], force: bool) -> Optional[Path]:
+def prepare_run_dir(out: Path, resume: Optional[str], force: bool, start: Optional[str] = None) -> Optional[Path]:
     """Return the checkpoint to resume from (or None); refuse to clobber a non-empty directory.
 
-    Only checks: nothing is created or deleted here (see `create_run_dir`), so a run that then
-    fails on bad input (a missing dataset, a bad checkpoint) leaves no partial output behind.
+    `start` (--from) names an older checkpoint of the run, e.g. step-0004000.pt, to resume from
+    instead of last.pt. Only checks: nothing is created or deleted here (see `make_run_dir`), so a
+    run that then fails on bad input (a missing dataset, a bad checkpoint) leaves no partial output.
     """
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; give a directory")
-    occupied = out.is_dir() and any(out.iterdir())
+    if start is not None and resume is None:
+        raise RunDirError(f"--from {start} needs --resume RUN_DIR: it names a checkpoint of that run")
+    occupied = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if resume is not None:
         run = out if resume == "auto" else Path(resume)
-        ckpt = run / "last.pt" if run.is_dir() else run
+        ckpt = run / (start or "last.pt") if run.is_dir() else run
         if ckpt.is_file():
             same_dir = ckpt.parent.resolve() == out.resolve()
             if occupied and not same_dir and not force:
@@ -40,22 +57,62 @@ def prepare_run_dir(out: Path, resume: Optional[str], force: bool) -> Optional[P
     return None
 
 
-def create_run_dir(out: Path, fresh: bool) -> None:
-    """Create the run directory; drop stale temporary files, and a fresh (--force) run's old files."""
-    import os
-
-    from finc_cli.atomic import remove_stale_temporaries
-
+def make_run_dir(out: Path) -> None:
+    """Create the run directory (and its parents) and check that it is writable."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise RunDirError(f"run directory {out} is not writable")
-    for name in RUN_FILES:
+
+
+def clean_run_dir(out: Path, fresh: bool) -> None:
+    """Drop stale temporary files; a fresh (--force) run also drops the old run's files. Needs the lock."""
+    from finc_cli.atomic import remove_stale_temporaries
+
+    for name in (*RUN_FILES, *(p.name for p in step_checkpoints(out))):
         remove_stale_temporaries(out, name)  # left by a process killed mid-write
         if fresh:
             (out / name).unlink(missing_ok=True)
+
+
+def step_checkpoints(out: Path) -> list[Path]:
+    """The run's periodic checkpoints step-XXXXXXX.pt, oldest first."""
+    return sorted(p for p in Path(out).glob("step-*.pt") if _step_of(p) is not None)
+
+
+def _step_of(path: Path) -> Optional[int]:
+    digits = path.stem.removeprefix("step-")
+    return int(digits) if digits.isdigit() else None
+
+
+def keep_step_checkpoint(out: Path, step: int, keep: int) -> list[Path]:
+    """Keep last.pt (just written) as step-XXXXXXX.pt, then prune the oldest beyond `keep`; returns the pruned.
+
+    The step file is a hard link to last.pt (a copy where links are not supported), made under a
+    temporary name and renamed, so it is whole or absent. Only checkpoints of steps up to `step`
+    count and are pruned: those of a later step (left by a run resumed --from an older one) stay.
+    """
+    from finc_cli.atomic import atomic_path
+
+    target = out / f"step-{step:07d}.pt"
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(out / "last.pt", tmp)
+        except OSError:
+            shutil.copyfile(out / "last.pt", tmp)
+    older = [p for p in step_checkpoints(out) if _step_of(p) <= step]
+    pruned = older[: max(0, len(older) - keep)]
+    for path in pruned:
+        path.unlink(missing_ok=True)
+    return pruned
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system holding `folder`."""
+    return shutil.disk_usage(folder).free
 
 
 def _json_safe(value: Any) -> Any:

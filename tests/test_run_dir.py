@@ -1,0 +1,192 @@
+"""One writer per run directory, checkpoint retention, the low-space warning and the resume rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import finc_cli.train.loop as loop
+from finc_cli.checkpoint import read_checkpoint
+from finc_cli.cli.main import app
+from finc_cli.config import load_preset
+from finc_cli.locking import exclusive_lock, lock_holder
+from finc_cli.train import Reporter, train
+
+TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 1000, "train.log_every": 1}
+TINY_FLAGS = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
+
+
+def _cfg(**train):
+    return load_preset("digits", {**TINY, **{f"train.{k}": v for k, v in train.items()}})
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _steps(run: Path) -> list[int]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if "loss_bpd" in r and "event" not in r]
+
+
+class _Log(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _start_training(run: Path, steps: int) -> subprocess.Popen:
+    """`finc train --resume RUN` in a new process; returns once it holds the run's lock."""
+    cmd = [sys.executable, "-m", "finc_cli", "train", "--resume", str(run), "--steps", str(steps), *TINY_FLAGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (lock_holder(run / ".lock") or {}).get("pid") != proc.pid:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_second_writer_fails_at_once_and_the_log_has_no_duplicate_steps(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=2, checkpoint_every=1), run)
+    first = _start_training(run, steps=100_000)
+    try:
+        second = _invoke("train", "--resume", run, "--steps", 100_000, *TINY_FLAGS)
+        assert second.exit_code == 2
+        line = second.output.strip()
+        assert len(line.splitlines()) == 1 and f"PID {first.pid}" in line and "in use" in line
+        deadline = time.monotonic() + 60
+        while max(_steps(run)) <= 2:  # the first one goes on training meanwhile
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 143, err
+    steps = _steps(run)
+    assert len(steps) == len(set(steps)) and steps == sorted(steps) and steps[-1] > 2
+    assert read_checkpoint(run / "last.pt")["train_state"]["step"] == steps[-1]
+
+
+@pytest.mark.slow
+def test_the_lock_dies_with_its_holder(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=2, checkpoint_every=1), run)
+    holder = _start_training(run, steps=100_000)
+    holder.kill()  # kill -9: no cleanup runs
+    holder.wait()
+    with exclusive_lock(run / ".lock", "the run"):  # free at once
+        pass
+    assert _invoke("train", "--resume", run, "--steps", 4, *TINY_FLAGS).exit_code == 0
+
+
+def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
+    """After a reboot the file remains, naming a process that is gone: it holds nothing."""
+    run = tmp_path / "run"
+    train(_cfg(steps=2), run)
+    (run / ".lock").write_text(json.dumps({"pid": 999_999, "host": "before-reboot", "started": "yesterday"}))
+    result = _invoke("train", "--resume", run, "--steps", 3, *TINY_FLAGS)
+    assert result.exit_code == 0, result.output
+
+
+def test_retention_keeps_exactly_the_last_n_periodic_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=10, checkpoint_every=2, keep_checkpoints=2), run)
+    kept = sorted(p.name for p in run.glob("step-*.pt"))
+    assert kept == ["step-0000008.pt", "step-0000010.pt"]
+    assert read_checkpoint(run / "step-0000008.pt")["train_state"]["step"] == 8
+    assert os.path.samefile(run / "step-0000010.pt", run / "last.pt")  # a hard link, no second copy
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["files"] for e in events if e.get("event") == "pruned"] == [
+        ["step-0000002.pt"],
+        ["step-0000004.pt"],
+        ["step-0000006.pt"],
+    ]
+
+
+def test_pruning_never_deletes_the_only_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    finite = {"ok": True}
+    monkeypatch.setattr(loop, "params_finite", lambda model: finite["ok"])
+    reporter = _Log()
+
+    class _Poison(Reporter):
+        def advance(self, step, metrics):
+            finite["ok"] = step < 4  # from step 4 on, every save is refused as non-finite
+
+        def log(self, text):
+            reporter.log(text)
+
+    train(_cfg(steps=8, checkpoint_every=2, keep_checkpoints=1), run, reporter=_Poison())
+    assert sorted(p.name for p in run.glob("step-*.pt")) == ["step-0000002.pt"]
+    assert read_checkpoint(run / "step-0000002.pt")["train_state"]["step"] == 2
+    assert any("not written" in line for line in reporter.lines)
+
+
+def test_resume_from_an_older_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=8, checkpoint_every=2, keep_checkpoints=4), run)
+    result = _invoke("train", "--resume", run, "--from", "step-0000004.pt", "--steps", 8, "--json", *TINY_FLAGS)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["resumed_from"].endswith("step-0000004.pt") and summary["steps_this_run"] == 4
+    assert _steps(run) == list(range(1, 9))  # steps 5..8 were redone, not logged twice
+    missing = _invoke("train", "--resume", run, "--from", "step-0000003.pt", *TINY_FLAGS)
+    assert missing.exit_code == 2 and "step-0000003.pt does not exist" in missing.output
+    alone = _invoke("train", "--from", "step-0000004.pt", "--out", tmp_path / "other", *TINY_FLAGS)
+    assert alone.exit_code == 2 and "--from" in alone.output and "--resume" in alone.output
+
+
+def test_an_architecture_change_on_resume_is_refused_before_anything_is_loaded(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=2), run)
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "metrics.jsonl", "config.yaml")}
+    result = _invoke("train", "--resume", run, "--set", "model.hidden=32", "--quiet")
+    assert result.exit_code == 2
+    assert (
+        result.output.strip().splitlines() == [result.output.strip()]
+        and "model.hidden cannot change on resume (8 in the run, 32 given)" in result.output
+    )
+    assert {name: (run / name).read_bytes() for name in before} == before
+    seed = _invoke("train", "--resume", run, "--seed", 7, "--quiet")
+    assert seed.exit_code == 2 and "train.seed cannot change on resume" in seed.output
+
+
+def test_allowed_changes_on_resume_are_recorded(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=2), run)
+    result = _invoke("train", "--resume", run, "--steps", 3, "--lr", 5e-4, "--quiet")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    changes = {e["key"]: (e["from"], e["to"]) for e in events if e.get("event") == "config_changed"}
+    assert changes == {"train.steps": (2, 3), "train.lr": (_cfg().train.lr, 0.0005)}
+
+
+def test_low_space_warns_early_naming_the_folder_and_the_figures(tmp_path, monkeypatch):
+    run, log = tmp_path / "run", _Log()
+    monkeypatch.setattr(loop, "free_bytes", lambda folder: 1_000)
+    train(_cfg(steps=4, checkpoint_every=2), run, reporter=log)
+    warnings = [line for line in log.lines if "GiB free" in line]
+    assert len(warnings) == 1 and str(run) in warnings[0] and "may not fit" in warnings[0]  # once, not every save
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (low,) = [e for e in events if e.get("event") == "low_space"]
+    assert low["free_bytes"] == 1_000 and low["checkpoint_bytes"] > 1_000
+    assert read_checkpoint(run / "last.pt")["train_state"]["step"] == 4  # a warning, not a stop
+
+
+def test_plenty_of_space_stays_quiet(tmp_path, monkeypatch):
+    run, log = tmp_path / "run", _Log()
+    monkeypatch.setattr(loop, "free_bytes", lambda folder: 10**15)
+    train(_cfg(steps=2, checkpoint_every=1), run, reporter=log)
+    assert not [line for line in log.lines if "GiB free" in line]
