@@ -190,3 +190,12 @@ def test_plenty_of_space_stays_quiet(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "free_bytes", lambda folder: 10**15)
     train(_cfg(steps=2, checkpoint_every=1), run, reporter=log)
     assert not [line for line in log.lines if "GiB free" in line]
+
+
+def test_readers_are_not_blocked_by_a_writer(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=2), run)
+    with exclusive_lock(run / ".lock", "the run"):  # as a training process holds it
+        assert _invoke("bpd", run / "best.pt", "--split", "val", "--json").exit_code == 0
+        assert _invoke("sample", run / "last.pt", "-n", 2, "--out", tmp_path / "s.png").exit_code == 0
+        assert _invoke("invert", run / "last.pt", "--limit", 4, "--json").exit_code == 0
