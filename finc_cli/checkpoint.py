@@ -123,8 +123,17 @@ def load_weights(model, weights: Any, path: Union[str, os.PathLike] = "checkpoin
         raise CheckpointError(f"{path}: weights cannot be loaded ({first})") from None
 
 
-def model_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoint", device: Optional[str] = None):
-    """Build the model the checkpoint's config describes and load its weights (strict)."""
+def model_from_checkpoint(
+    data: dict,
+    path: Union[str, os.PathLike] = "checkpoint",
+    device: Optional[str] = None,
+    weights: Optional[str] = None,
+):
+    """Build the model the checkpoint's config describes and load its weights (strict).
+
+    `weights`: "ema" (the averaged weights; an error if the checkpoint has none), "raw", or None
+    for the EMA weights when the checkpoint holds them, else the raw ones.
+    """
     from finc_cli.model import build_model
 
     cfg = config_from_checkpoint(data, path)
@@ -133,13 +142,21 @@ def model_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoin
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     load_weights(model, data["model"], path)
+    if weights not in (None, "ema", "raw"):
+        raise CheckpointError(f"unknown weights {weights!r}; choose ema or raw")
+    if weights == "ema" and "ema" not in data:
+        raise CheckpointError(f"{path} holds no EMA weights (trained with train.ema_decay 0); use --weights raw")
+    if weights != "raw" and "ema" in data:
+        from finc_cli.train.ema import load_ema_weights
+
+        load_ema_weights(model, data["ema"], path)
     if device is not None:
         model.to(device)
     model.eval()
     return model, cfg
 
 
-def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None):
-    """Public API: (model in eval mode, Config) from a checkpoint file."""
+def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
+    """Public API: (model in eval mode, Config) from a checkpoint file; EMA weights by default when it has them."""
     data = read_checkpoint(path)
-    return model_from_checkpoint(data, path, device)
+    return model_from_checkpoint(data, path, device, weights)

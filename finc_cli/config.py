@@ -88,6 +88,7 @@ class TrainConfig:
     eval_every: int = 500
     sample_every: int = 500
     checkpoint_every: int = 500
+    ema_decay: float = 0.0  # exponential moving average of the weights (0: off); used for eval and sampling
     keep_checkpoints: int = 0  # also keep the last N periodic checkpoints as step-XXXXXXX.pt (0: only last/best)
     sample_temperature: float = 1.0
     max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
@@ -239,6 +240,7 @@ def validate(cfg: Config) -> None:
         (min(t.log_every, t.eval_every, t.sample_every, t.checkpoint_every) >= 1, "train.*_every must be >= 1"),
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
+        (0.0 <= t.ema_decay < 1.0, "train.ema_decay must be in [0, 1) (0 turns EMA off)"),
         (cfg.data.translate >= 0, "data.translate must be >= 0"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
     ]

@@ -25,6 +25,7 @@ def evaluate(
     cache_dir: Optional[str] = None,
     notify: Optional[Callable[[str], None]] = None,
     samples: int = 1,
+    weights: Optional[str] = None,
 ) -> dict:
     """Returns {bpd, bpd_stderr, n_images, samples, split, dataset, checkpoint, seconds}, and with
     `samples` K > 1 also the importance-weighted {bpd_iw, bpd_iw_stderr} over K dequantization draws.
@@ -39,7 +40,7 @@ def evaluate(
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev))
+    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
     ds = get_dataset(
         cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
     )

@@ -75,6 +75,7 @@ def invert(
     threshold: Optional[float] = None,
     cache_dir: Optional[str] = None,
     notify=None,
+    weights: Optional[str] = None,
 ) -> dict:
     """Encode then decode; report pixel-space reconstruction error, per-FInC-unit error and timings.
 
@@ -87,7 +88,7 @@ def invert(
 
     _check_outputs(save_latents_to, decoded_out, threshold)
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev))
+    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
     threshold = cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:

@@ -23,6 +23,7 @@ def sample(
     individual: bool = False,
     device: str = "auto",
     backend: Optional[str] = None,
+    weights: Optional[str] = None,
 ) -> dict:
     """Draw n samples at temperature T and write a PNG grid (or one PNG per sample)."""
     import torch
@@ -44,7 +45,7 @@ def sample(
     else:
         check_output_file(out_path)
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev))
+    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
     g = torch.Generator(device=dev)
     g.manual_seed(seed if seed is not None else torch.seed())
     if dev.type == "cuda":

@@ -53,6 +53,17 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Weights(str, Enum):
+    ema = "ema"
+    raw = "raw"
+
+
+WeightsOpt = Annotated[
+    Optional[Weights],
+    typer.Option("--weights", help="ema (the averaged weights) or raw; default: ema when the checkpoint has them."),
+]
+
+
 class Precision(str, Enum):
     fp32 = "32"
     bf16 = "bf16"
@@ -208,6 +219,7 @@ def evaluate_cli(
             "--samples", "-k", help="Dequantization draws per image: K > 1 adds the importance-weighted bits/dim."
         ),
     ] = 1,
+    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Bits per dimension over a whole split, with its standard error."""
@@ -224,6 +236,7 @@ def evaluate_cli(
         cache_dir=cache_dir,
         notify=_note,
         samples=samples,
+        weights=weights.value if weights else None,
     )
     if json_out:
         emit_json(result)
@@ -264,12 +277,24 @@ def sample_cli(
     ] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
+    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sample images and write a PNG grid; reports the sampling time."""
     from finc_cli.sample import sample
 
-    result = sample(checkpoint, n, out, temperature, seed, nrow, individual, device.value, backend)
+    result = sample(
+        checkpoint,
+        n,
+        out,
+        temperature,
+        seed,
+        nrow,
+        individual,
+        device.value,
+        backend,
+        weights.value if weights else None,
+    )
     if json_out:
         emit_json(result)
     else:
@@ -307,6 +332,7 @@ def invert_cli(
     threshold: Annotated[
         Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")
     ] = None,
+    weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per FInC unit and timings."""
@@ -326,6 +352,7 @@ def invert_cli(
         threshold,
         cache_dir,
         _note,
+        weights.value if weights else None,
     )
     if json_out:
         emit_json(result)

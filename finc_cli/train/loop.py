@@ -21,6 +21,7 @@ from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
 from finc_cli.locking import exclusive_lock
+from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
     LOCK_FILE,
     append_metrics,
@@ -151,7 +152,7 @@ class Trainer:
         self._load_data()
         self._build_model()
         self.fresh = data is None
-        self._resume_or_initialize(data)
+        self._resume_or_initialize(data)  # also makes self.ema (None with train.ema_decay 0)
         if self.ctx.is_main:  # every input checked: only now is anything written
             make_run_dir(out)
             self._lock()
@@ -227,11 +228,16 @@ class Trainer:
         self.state = TrainState()
         if data is not None:
             restore(data, self.model, self.optimizer, self.state, self.ckpt)
+            self.ema = EMA(self.model, self.t.ema_decay) if self.t.ema_decay else None
+            if self.ema is not None and "ema" in data:  # else the average starts from the raw weights
+                check_ema_weights(self.model, data["ema"], self.ckpt)
+                self.ema.load_state_dict(data["ema"])
             self.reporter.log(f"resumed from {self.ckpt} at step {self.state.step}")
             return
         n, t = len(self.train_ds), self.t
         init_idx = batch_indices(n, min(n, max(t.batch_size, 256)), t.seed, 0)
         self.model.initialize(fetch(self.train_ds, init_idx).to(self.device))
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay else None  # starts at the initialised weights
 
     def _prepare_loop(self) -> None:
         self.net = self.model  # training calls the model's one loss, bits/dim, through DDP when distributed
@@ -282,6 +288,8 @@ class Trainer:
         images, noise = to_device(self.batches.get(self.state.step), self.device)
         t1 = time.perf_counter()
         stats = train_step(self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx)
+        if self.ema is not None and not stats["skipped"]:
+            self.ema.update(self.model)
         self.waits.append((t1 - t0, time.perf_counter() - t1))  # the loss read back synchronised the device
         self.state.step += 1
         if stats["skipped"]:
@@ -298,7 +306,8 @@ class Trainer:
         if self._due(self.t.eval_every):
             self.last_eval = self._evaluate()
         if self.ctx.is_main and self._due(self.t.sample_every):
-            _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
+            with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+                _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
         periodic = self._due(self.t.checkpoint_every)
         if periodic:
             self._save("last.pt", periodic=True)
@@ -335,10 +344,12 @@ class Trainer:
     # -- evaluation, checkpoints, the metrics log --------------------------------------------------
 
     def _evaluate(self, log: bool = True) -> dict:
-        """Validation bits/dim and the FInC reconstruction health check; best.pt when it improved."""
+        """Validation bits/dim and the FInC reconstruction health check (of the EMA weights when kept);
+        best.pt when it improved."""
         t, state = self.t, self.state
-        result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
-        health = self.model.reconstruction_report(self.probe) if self.model.finc_units() else []
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
+            health = self.model.reconstruction_report(self.probe) if self.model.finc_units() else []
         worst = max((r["max_abs_err"] for r in health), default=0.0)
         record = {
             "step": state.step,
@@ -375,7 +386,9 @@ class Trainer:
                 f"step {self.state.step}: parameters are not finite; {name} not written, the previous one is kept"
             )
         elif self.ctx.is_main:
-            save_checkpoint(self.out / name, checkpoint_payload(self.model, self.optimizer, self.state, self.cfg))
+            save_checkpoint(
+                self.out / name, checkpoint_payload(self.model, self.optimizer, self.state, self.cfg, self.ema)
+            )
             self.ckpt_bytes = (self.out / name).stat().st_size
             if periodic and name == "last.pt" and self.t.keep_checkpoints:
                 pruned = keep_step_checkpoint(self.out, self.state.step, self.t.keep_checkpoints)
@@ -449,6 +462,8 @@ class Trainer:
             self.model.load_state_dict(data["model"])
             if "optimizer" in data:
                 self.optimizer.load_state_dict(data["optimizer"])
+            if self.ema is not None and "ema" in data:
+                self.ema.load_state_dict(data["ema"])
             to_step = data.get("train_state", {}).get("step")
             where = f"{path} (step {to_step})"
         else:

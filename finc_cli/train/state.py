@@ -58,8 +58,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config) -> dict:
-    return {
+def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=None) -> dict:
+    payload = {
         "config": cfg.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -72,6 +72,9 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config) -> dict
         },
         "rng": rng_state(),
     }
+    if ema is not None:
+        payload["ema"] = ema.state_dict()
+    return payload
 
 
 def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:

@@ -1,0 +1,78 @@
+"""EMA weights: an exponential moving average of the parameters (Polyak averaging), kept beside the raw ones."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from finc_cli.errors import CheckpointError
+
+__all__ = ["EMA", "check_ema_weights", "load_ema_weights"]
+
+
+class EMA:
+    """shadow ← decay·shadow + (1 − decay)·param after every applied update (Glow, Flow++ keep the same).
+
+    Only parameters are averaged; buffers (ActNorm's init flag, the 1×1 conv's permutation) are
+    the model's own. Every rank updates from identical parameters, so the averages are identical
+    across ranks without communication.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, p in model.named_parameters():
+            self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "params": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        params = state["params"]
+        if set(params) != set(self.shadow):
+            raise KeyError(f"EMA weights for {len(params)} parameters, the model has {len(self.shadow)}")
+        for name, value in params.items():
+            self.shadow[name].copy_(value)
+        self.decay = float(state["decay"])
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """The model holds the averaged weights inside the block, its raw weights again after it.
+
+        The copies bump each parameter's version, so caches keyed on it (the FInC unit's L⁻¹)
+        are rebuilt for the weights in use.
+        """
+        raw = {name: p.detach().clone() for name, p in model.named_parameters()}
+        _copy_into(model, self.shadow)
+        try:
+            yield
+        finally:
+            _copy_into(model, raw)
+
+
+@torch.no_grad()
+def _copy_into(model: torch.nn.Module, values: dict) -> None:
+    for name, p in model.named_parameters():
+        p.copy_(values[name])
+
+
+def load_ema_weights(model: torch.nn.Module, state, path="checkpoint") -> None:
+    """Put a checkpoint's EMA weights into the model's parameters; a mismatch is a CheckpointError."""
+    check_ema_weights(model, state, path)
+    _copy_into(model, state["params"])
+
+
+def check_ema_weights(model: torch.nn.Module, state, path="checkpoint") -> None:
+    """A CheckpointError unless `state` holds EMA weights of every parameter of the model, in its shapes."""
+    params = state.get("params") if isinstance(state, dict) else None
+    expected = dict(model.named_parameters())
+    if not isinstance(params, dict) or set(params) != set(expected):
+        raise CheckpointError(f"{path}: its EMA weights do not match the model's parameters")
+    for name, value in params.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: its EMA weight {name} has the wrong shape")
