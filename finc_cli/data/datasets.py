@@ -278,7 +278,14 @@ def _mnist(root: Path, split: str) -> list[np.ndarray]:
 
 
 def _read_idx_images(path: Path, height: int, width: int) -> np.ndarray:
-    """An idx3 uint8 image file (magic 2051, big-endian dims), gzipped or not, as (N, 1, H, W)."""
+    """An idx3 uint8 image file (magic 2051, big-endian dims), gzipped or not, as (N, 1, H, W).
+
+    finc keeps its own reader rather than torchvision's `read_image_file`: that one reads only the
+    extracted files, checks them with `assert` statements (gone under `python -O`, and a bare
+    AssertionError otherwise), while finc also reads the .gz files as distributed and names the
+    file and the fix when one is truncated, padded or not an image file. `finc data download mnist`
+    does use torchvision's downloader, which writes exactly the layout read here.
+    """
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             raw = f.read()
