@@ -1,4 +1,4 @@
-"""`finc benchmark layer|model|scaling`: thin wrappers over finc_cli.bench (torch imported lazily)."""
+"""`finc benchmark layer|model|scaling|data`: thin wrappers over finc_cli.bench (torch imported lazily)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
 
 __all__ = [
     "DType",
+    "data_cli",
     "layer_cli",
     "model_cli",
     "register",
@@ -19,7 +20,10 @@ __all__ = [
 
 bench_app = typer.Typer(
     name="benchmark",
-    help="Time FInC against Emerging, CInC and Glow: one layer, a preset's model, or scaling with n and k.",
+    help=(
+        "Time FInC against Emerging, CInC and Glow: one layer, a preset's model, or scaling with n and k; "
+        "and the data pipeline of each dataset format."
+    ),
     no_args_is_help=True,
 )
 
@@ -231,3 +235,103 @@ def scaling_cli(
     pivot, ns = scaling_pivot(rows, fits)
     title = "finc benchmark scaling (inverse ms, median; exponent e of time ∝ nᵉ)"
     console.print(_rich_table(title, scaling_columns(ns), pivot))
+
+
+@bench_app.command("data")
+@handle_errors
+def data_cli(
+    root: Annotated[
+        Optional[str],
+        typer.Option("--root", help="Scratch folder for the synthetic datasets (kept for reruns); default TMPDIR."),
+    ] = None,
+    formats: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--formats", help="digits, mnist, cifar10, imagenet64, celeba64 (repeatable or a,b); default all."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed batches per measurement.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", min=1, help="Batches before timing, the first one included.")] = 5,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: each preset's).")
+    ] = None,
+    workers: Annotated[
+        Optional[list[int]], typer.Option("--workers", min=0, help="data.num_workers to time (repeatable; 0 and 2).")
+    ] = None,
+    hflip: Annotated[
+        Optional[bool], typer.Option("--hflip/--no-hflip", help="Random flips (default: each preset's).")
+    ] = None,
+    translate: Annotated[
+        Optional[int], typer.Option("--translate", min=0, help="Random translation, pixels (default: the preset's).")
+    ] = None,
+    sources: Annotated[bool, typer.Option("--sources/--no-sources", help="Time reading the source files.")] = True,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Time reading the prepared cache.")] = True,
+    imagenet_images: Annotated[
+        int, typer.Option("--imagenet-images", min=10, help="Training images of the ImageNet64-format set.")
+    ] = 100_000,
+    celeba_images: Annotated[
+        int, typer.Option("--celeba-images", min=10, help="Training JPEGs of the CelebA-format set.")
+    ] = 162_770,
+    pss: Annotated[
+        bool,
+        typer.Option("--pss/--no-pss", help="Memory (Pss) of 2 processes reading the ImageNet64 set (when timed)."),
+    ] = True,
+    train: Annotated[
+        bool,
+        typer.Option("--train/--no-train", help="Data share of celeba64 training steps, a small model (when timed)."),
+    ] = True,
+    train_steps: Annotated[int, typer.Option("--train-steps", min=2, help="Steps of each training run.")] = 30,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Fresh processes per measurement, round-robin; medians reported.")
+    ] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the batches.")] = 0,
+    json_out: JsonOpt = False,
+    csv_path: CsvOpt = None,
+) -> None:
+    """Images/s, time to the first batch and peak memory of each dataset format, from its sources and prepared."""
+    from pathlib import Path
+
+    from finc_cli.bench import data as bench
+
+    chosen = [f.strip() for text in formats or [] for f in text.split(",") if f.strip()] or list(bench.FORMATS)
+    unknown = [f for f in chosen if f not in bench.FORMATS]
+    if unknown:
+        raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
+    folder = Path(root) if root else bench.DEFAULT_ROOT
+    rows = bench.data_rows(
+        chosen,
+        folder,
+        steps=steps,
+        warmup=warmup,
+        batch_size=batch_size,
+        workers_list=workers or [0, 2],
+        sources=sources,
+        cache=cache,
+        seed=seed,
+        images={"imagenet64": imagenet_images, "celeba64": celeba_images},
+        hflip=hflip,
+        translate=translate,
+        repeats=repeats,
+    )
+    extra = {
+        "pss": bench.pss_rows(folder, imagenet_images) if pss and "imagenet64" in chosen else [],
+        "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)
+        if train and "celeba64" in chosen
+        else [],
+    }
+    env = _environment([], "cpu", 0, DType.float32)
+    if not _output(env, rows, json_out, csv_path, extra):
+        _print_data_tables(env, rows, extra)
+
+
+def _print_data_tables(env: dict, rows: list[dict], extra: dict) -> None:
+    from finc_cli.bench.tables import COLUMNS
+
+    _print_env(env)
+    console.print(_rich_table("finc benchmark data (warm page cache)", COLUMNS["data"], rows))
+    if extra["pss"]:
+        console.print(
+            _rich_table("2 processes reading the whole ImageNet64 set (Pss)", COLUMNS["data_pss"], extra["pss"])
+        )
+    if extra["train"]:
+        console.print(_rich_table("celeba64 training: waiting for data", COLUMNS["data_train"], extra["train"]))
