@@ -128,7 +128,8 @@ def test_the_cache_gives_the_same_batches_as_the_sources(root, fmt):
 def test_cli_json_is_one_object(root, monkeypatch):
     monkeypatch.setattr(bench, "measure_fresh", bench.measure)  # the fresh processes are the slow test's
     args = ["benchmark", "data", "--root", str(root), "--formats", "digits,imagenet64", "--imagenet-images", str(N)]
-    args += ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--workers", "0", "--no-pss", "--no-train"]
+    args += ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--workers", "0", "--repeats", "1"]
+    args += ["--no-pss", "--no-train"]
     result = CliRunner().invoke(_app(), [*args, "--json"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()

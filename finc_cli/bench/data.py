@@ -3,8 +3,10 @@
 Synthetic datasets in the real on-disk formats (`write_synthetic`) are read exactly as training
 reads them (`get_dataset`, `step_batch`, `Prefetcher`). Each (format, source, workers) is measured
 in a fresh process (`python -m finc_cli.bench.data --one ...`) so that its peak memory and its time
-to the first batch start from nothing; the page cache, which only root can drop, is warm after the
-first read, so every time here is a warm-cache time.
+to the first batch start from nothing. The files a measurement reads are read once just before
+it, so every figure is a warm-page-cache figure (only root can drop the cache). Peak RSS counts
+the page-cache pages a process has mapped, which a memory-mapped array shares between processes;
+`pss_rows` measures what processes cost together.
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ def measure(
         cache_dir=cache_dir,
         use_cache=use_cache,
     )
-    if isinstance(ds, MappedImages) != (source == "cache"):
+    if isinstance(ds, MappedImages) != use_cache:
         raise RuntimeError(f"{fmt}: asked to read from {source}, get_dataset gave a {type(ds).__name__}")
     opened, warmup = time.perf_counter(), max(1, warmup)
     batches = Prefetcher(partial(step_batch, ds, seed=seed, batch_size=batch_size), 0, warmup + steps, workers=workers)
