@@ -17,6 +17,7 @@ __all__ = [
     "check_resume_overrides",
     "Config",
     "config_from_dict",
+    "config_yaml",
     "DataConfig",
     "list_presets",
     "load_preset",
@@ -356,9 +357,14 @@ def load_preset(name_or_path: Union[str, os.PathLike] = "digits", overrides: Opt
     return apply_overrides(cfg, overrides)
 
 
-def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as the YAML text a run saves (and `finc config` prints)."""
     import yaml
 
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
     from finc_cli.atomic import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(Path(path), config_yaml(cfg))

@@ -397,13 +397,15 @@ def data_rows(
     hflip: Optional[bool] = None,
     translate: Optional[int] = None,
     repeats: int = 1,
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
     """One row per (format, source, workers), each measured `repeats` times in fresh processes (`measure_fresh`).
 
     The repeats go round-robin over every configuration, so that load from other processes hits all
     of them alike; a row holds the medians of images/s and of the time to the first batch. The batch
     size and augmentation are each format's preset's unless given; `images` maps a format to the
-    training images of its synthetic set (DEFAULT_IMAGES otherwise).
+    training images of its synthetic set (DEFAULT_IMAGES otherwise). `progress(total)` may return a
+    callback advanced once per measurement.
     """
     configs = []  # (fmt, source, data_dir, cache_dir), measure_fresh's keywords, prepare_s
     for fmt in formats:
@@ -414,8 +416,16 @@ def data_rows(
             for workers in workers_list:
                 where = (fmt, source, setup["data_dir"], setup["cache_dir"])
                 configs.append((where, {**kw, "workers": workers}, prepare_s))
-    runs = [[measure_fresh(*where, **kw) for where, kw, _ in configs] for _ in range(max(1, repeats))]
+    advance = progress(len(configs) * max(1, repeats)) if progress else (lambda n: None)
+    runs = [
+        [_counted(measure_fresh(*where, **kw), advance) for where, kw, _ in configs] for _ in range(max(1, repeats))
+    ]
     return [{**_median_row([run[k] for run in runs]), "prepare_s": c[2]} for k, c in enumerate(configs)]
+
+
+def _counted(row: dict, advance: Callable) -> dict:
+    advance(1)
+    return row
 
 
 def _preset_options(fmt: str, batch_size: Optional[int], hflip: Optional[bool], translate: Optional[int]) -> dict:

@@ -6,7 +6,7 @@ FInC beside the same-depth Glow (no FInC units); the paper's published FT/ST tab
 from __future__ import annotations
 
 import statistics
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -84,13 +84,15 @@ def model_rows(
     temperature: float = 1.0,
     glow: bool = True,
     seed: int = 0,
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
     """FT (the bits/dim forward, model(x), of a uint8 batch) and ST (model.sample) per batch size, FInC and Glow.
 
     Rows: one per (batch, FInC inverse backend) plus one Glow row per batch. Keys: model, backend,
     preset, levels, steps, hidden, kernel_size, params, batch, dtype, device, ft_s, ft_q1_s,
     ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without the Glow model).
-    Random weights (timing only), ActNorm initialised on one random batch.
+    Random weights (timing only), ActNorm initialised on one random batch. `progress(total)`
+    may return a callback advanced once per batch size.
     """
     from finc_cli.config import load_preset
     from finc_cli.model import build_model
@@ -102,6 +104,8 @@ def model_rows(
         cfgs["glow"] = load_preset(preset, {**overrides, "model.finc": False})
     names = finc_backends(backends, dev)
     rows = []
+    batch_sizes = list(batch_sizes)
+    advance = progress(len(batch_sizes)) if progress else (lambda n: None)
     with num_threads(threads):
         torch.manual_seed(seed)
         models = {kind: build_model(cfg).to(device=dev, dtype=dt) for kind, cfg in cfgs.items()}
@@ -111,6 +115,7 @@ def model_rows(
             if int(batch) < 1:
                 raise InputError(f"batch sizes must be >= 1, got {batch}")
             rows += _batch_rows(models, cfgs, preset, int(batch), names, dev, repeats, warmup, temperature, seed)
+            advance(1)
     return rows
 
 

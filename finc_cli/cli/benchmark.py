@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
+from finc_cli.cli.progress import progress_bars
 
 __all__ = [
     "DType",
@@ -119,7 +120,18 @@ def layer_cli(
     from finc_cli.bench.layer import LAYERS, layer_rows
 
     parsed = [_parse_shape(s) for s in shapes] if shapes else [(16, 12, 32, 32, 3)]
-    rows = layer_rows(parsed, layers or LAYERS, backends, (dtype.value,), (device,), repeats, warmup, threads)
+    with progress_bars("benchmark layer", enabled=not json_out) as bars:
+        rows = layer_rows(
+            parsed,
+            layers or LAYERS,
+            backends,
+            (dtype.value,),
+            (device,),
+            repeats,
+            warmup,
+            threads,
+            progress=bars,
+        )
     env = _environment(rows, device, threads, dtype)
     if not _output(env, rows, json_out, csv_path):
         _print_env(env)
@@ -155,19 +167,21 @@ def model_cli(
     """FT (forward, bits/dim) and ST (sampling) of a preset's FInC model beside the same-depth Glow, and the paper's."""
     from finc_cli.bench.model import model_rows, paper_rows
 
-    rows = model_rows(
-        preset,
-        parse_sets(sets),
-        batch_sizes or [100],
-        backends or ["auto"],
-        device,
-        dtype.value,
-        repeats,
-        warmup,
-        threads,
-        temperature,
-        not no_glow,
-    )
+    with progress_bars("benchmark model", enabled=not json_out) as bars:
+        rows = model_rows(
+            preset,
+            parse_sets(sets),
+            batch_sizes or [100],
+            backends or ["auto"],
+            device,
+            dtype.value,
+            repeats,
+            warmup,
+            threads,
+            temperature,
+            not no_glow,
+            progress=bars,
+        )
     env = _environment(rows, device, threads, dtype)
     paper = paper_rows()
     if _output(env, rows, json_out, csv_path, {"paper": paper}):
@@ -212,19 +226,21 @@ def scaling_cli(
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
     from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
-    rows = scaling_rows(
-        sizes or (8, 16, 32, 64, 128),
-        kernel_sizes or (2, 3, 5, 7),
-        backends,
-        batch_size,
-        channels,
-        device,
-        dtype.value,
-        repeats,
-        warmup,
-        threads,
-        max_call_s=max_call_s,
-    )
+    with progress_bars("benchmark scaling", enabled=not json_out) as bars:
+        rows = scaling_rows(
+            sizes or (8, 16, 32, 64, 128),
+            kernel_sizes or (2, 3, 5, 7),
+            backends,
+            batch_size,
+            channels,
+            device,
+            dtype.value,
+            repeats,
+            warmup,
+            threads,
+            max_call_s=max_call_s,
+            progress=bars,
+        )
     fits = fit_exponents(rows)
     env = _environment(rows, device, threads, dtype)
     if _output(env, rows, json_out, csv_path, {"fits": fits}):
@@ -298,21 +314,23 @@ def data_cli(
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
     folder = Path(root) if root else bench.DEFAULT_ROOT
-    rows = bench.data_rows(
-        chosen,
-        folder,
-        steps=steps,
-        warmup=warmup,
-        batch_size=batch_size,
-        workers_list=workers or [0, 2],
-        sources=sources,
-        cache=cache,
-        seed=seed,
-        images={"imagenet64": imagenet_images, "celeba64": celeba_images},
-        hflip=hflip,
-        translate=translate,
-        repeats=repeats,
-    )
+    with progress_bars("benchmark data", enabled=not json_out) as bars:
+        rows = bench.data_rows(
+            chosen,
+            folder,
+            steps=steps,
+            warmup=warmup,
+            batch_size=batch_size,
+            workers_list=workers or [0, 2],
+            sources=sources,
+            cache=cache,
+            seed=seed,
+            images={"imagenet64": imagenet_images, "celeba64": celeba_images},
+            hflip=hflip,
+            translate=translate,
+            repeats=repeats,
+            progress=bars,
+        )
     extra = {
         "pss": bench.pss_rows(folder, imagenet_images) if pss and "imagenet64" in chosen else [],
         "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)
