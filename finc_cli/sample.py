@@ -31,11 +31,11 @@ def parse_temperatures(value: Union[float, str, Sequence[float]]) -> list[float]
             t = math.nan
         if not (math.isfinite(t) and t >= 0):
             raise InputError(
-                f"--temperature takes finite numbers >= 0 separated by commas (e.g. 0,0.5,0.7,1), got {value!r}"
+                f"--temperature must be finite numbers >= 0 separated by commas (e.g. 1 or 0,0.5,0.7,1), got {value!r}"
             )
         temps.append(t)
     if not temps:
-        raise InputError("--temperature needs at least one value, e.g. 1 or 0,0.5,0.7,1")
+        raise InputError("--temperature must be at least one value, e.g. 1 or 0,0.5,0.7,1")
     return temps
 
 
