@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from finc_cli.atomic import check_output_file
 from finc_cli.errors import ImageInputError, InputError
 
-__all__ = ["invert", "load_latents", "save_latents"]
+__all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
 LATENTS_FORMAT = "finc-latents"
 
@@ -99,7 +99,7 @@ def invert(
             return _decode_file(model, latents_from, dev, decoded_out, scale)
         x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
         callback = progress(x.shape[0]) if progress else None
-        result, latents, decoded = _round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
+        result, latents, decoded = round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
     if save_latents_to:
@@ -156,7 +156,7 @@ def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, not
     return x, f"{cfg.data.name}/{split} (first {x.shape[0]})"
 
 
-def _round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
+def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
     """(figures, latents, decoded images) of encode then decode on x, batch by batch; errors in intensity levels."""
     import torch
 

@@ -248,3 +248,18 @@ def test_pairs_grid_puts_each_block_of_originals_above_its_partners(tmp_path):
     assert grid.shape == (4 * CELL + 2, 3 * CELL + 2)
     levels = [[int(cell(grid, r, c)[0, 0]) for c in range(3)] for r in range(4)]
     assert levels == [[255, 255, 255], [128, 128, 128], [255, 255, 0], [128, 128, 0]]
+
+
+def test_invert_in_batches_reports_what_one_batch_does(ckpt, digits_test):
+    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.invert import round_trip
+
+    model, _ = load_checkpoint(ckpt)
+    whole, z1, d1 = round_trip(model, digits_test, batch_size=6)
+    done = []
+    parts, z2, d2 = round_trip(model, digits_test, batch_size=4, progress=done.append)
+    assert done == [4, 2] and torch.equal(d1, d2) and parts["exact"] is True
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(z1, z2))
+    assert parts["max_abs_err"] == pytest.approx(whole["max_abs_err"], rel=1e-3, abs=1e-9)
+    for a, b in zip(whole["layers"], parts["layers"]):
+        assert a["layer"] == b["layer"] and b["mean_abs_err"] == pytest.approx(a["mean_abs_err"], rel=1e-2, abs=1e-9)
