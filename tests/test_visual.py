@@ -263,3 +263,18 @@ def test_invert_in_batches_reports_what_one_batch_does(ckpt, digits_test):
     assert parts["max_abs_err"] == pytest.approx(whole["max_abs_err"], rel=1e-3, abs=1e-9)
     for a, b in zip(whole["layers"], parts["layers"]):
         assert a["layer"] == b["layer"] and b["mean_abs_err"] == pytest.approx(a["mean_abs_err"], rel=1e-2, abs=1e-9)
+
+
+def test_labelled_rows_of_colour_images(tmp_path):
+    from finc_cli.images import save_labelled_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows = [(f"T={t}", torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8)) for t in (0, 1)]
+    layout = save_labelled_rows(rows, tmp_path / "rgb.png", 256)
+    with Image.open(tmp_path / "rgb.png") as img:
+        assert img.mode == "RGB" and img.width >= 512 and img.width == layout["label_width"] + 5 * (3 * 34 + 2)
+        arr = np.asarray(img)
+    assert layout["scale"] == 5 and arr[:, : layout["label_width"]].max() > 200  # labels in the margin
+    body = arr[:, layout["label_width"] :]
+    first = body[2 * 5 : 34 * 5 : 5, 2 * 5 : 34 * 5 : 5]  # the first image, one pixel per image pixel
+    assert np.array_equal(first, rows[0][1][0].permute(1, 2, 0).numpy())
