@@ -261,6 +261,14 @@ def data_cli(
     hflip: Annotated[
         Optional[bool], typer.Option("--hflip/--no-hflip", help="Random flips (default: each preset's).")
     ] = None,
+    noise: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--noise",
+            help="Where the dequantization noise is drawn (repeatable): cpu (in the data path, as CPU training) "
+            "or device (by the step, as GPU training: batches carry uint8 only). Default: both.",
+        ),
+    ] = None,
     translate: Annotated[
         Optional[int], typer.Option("--translate", min=0, help="Random translation, pixels (default: the preset's).")
     ] = None,
@@ -297,6 +305,10 @@ def data_cli(
     unknown = [f for f in chosen if f not in bench.FORMATS]
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
+    noise_list = [n.strip() for text in noise or [] for n in text.split(",") if n.strip()] or list(bench.NOISE)
+    bad = [n for n in noise_list if n not in bench.NOISE]
+    if bad:
+        raise typer.BadParameter(f"unknown --noise {bad[0]!r}; choose from {', '.join(bench.NOISE)}")
     folder = Path(root) if root else bench.DEFAULT_ROOT
     rows = bench.data_rows(
         chosen,
@@ -312,6 +324,7 @@ def data_cli(
         hflip=hflip,
         translate=translate,
         repeats=repeats,
+        noise_list=noise_list,
     )
     extra = {
         "pss": bench.pss_rows(folder, imagenet_images) if pss and "imagenet64" in chosen else [],
