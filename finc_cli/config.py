@@ -60,6 +60,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     levels: int = 2  # L: multi-scale levels
+    dequantization: str = "uniform"  # uniform | variational: u ~ U[0, 1), or learned q(u | x) (docs/model.md §2)
+    dequant_hidden: int = 32  # width of the variational dequantizer's networks
+    dequant_steps: int = 4  # checkerboard couplings in the variational dequantizer
     steps: int = 4  # K: flow steps per level
     kernel_size: int = 3  # k of the FInC units
     hidden: int = 64  # width of the coupling networks
@@ -226,6 +229,11 @@ def validate(cfg: Config) -> None:
         (m.conv1x1 in ("lu", "plain"), "model.conv1x1 must be 'lu' or 'plain'"),
         (0.0 <= m.alpha < 0.5, "model.alpha must be in [0, 0.5)"),
         (m.max_log_scale > 0, "model.max_log_scale must be > 0"),
+        (
+            m.dequantization in ("uniform", "variational"),
+            "model.dequantization must be 'uniform' or 'variational'",
+        ),
+        (m.dequant_hidden >= 1 and m.dequant_steps >= 0, "model.dequant_hidden must be >= 1, dequant_steps >= 0"),
         (t.steps >= 0, "train.steps must be >= 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),

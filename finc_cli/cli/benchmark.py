@@ -277,6 +277,14 @@ def data_cli(
     hflip: Annotated[
         Optional[bool], typer.Option("--hflip/--no-hflip", help="Random flips (default: each preset's).")
     ] = None,
+    noise: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--noise",
+            help="Where the dequantization noise is drawn (repeatable): cpu (in the data path, as CPU training) "
+            "or device (by the step, as GPU training: batches carry uint8 only). Default: both.",
+        ),
+    ] = None,
     translate: Annotated[
         Optional[int], typer.Option("--translate", min=0, help="Random translation, pixels (default: the preset's).")
     ] = None,
@@ -313,6 +321,10 @@ def data_cli(
     unknown = [f for f in chosen if f not in bench.FORMATS]
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
+    noise_list = [n.strip() for text in noise or [] for n in text.split(",") if n.strip()] or list(bench.NOISE)
+    bad = [n for n in noise_list if n not in bench.NOISE]
+    if bad:
+        raise typer.BadParameter(f"unknown --noise {bad[0]!r}; choose from {', '.join(bench.NOISE)}")
     folder = Path(root) if root else bench.DEFAULT_ROOT
     with progress_bars("benchmark data", enabled=not json_out) as bars:
         rows = bench.data_rows(
@@ -329,6 +341,7 @@ def data_cli(
             hflip=hflip,
             translate=translate,
             repeats=repeats,
+            noise_list=noise_list,
             progress=bars,
         )
     extra = {

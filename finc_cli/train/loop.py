@@ -16,7 +16,7 @@ from finc_cli import distributed as dist_utils
 from finc_cli import errors
 from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
 from finc_cli.config import Config, changed_keys, check_resume_overrides, config_from_dict, save_config
-from finc_cli.data.batches import batch_indices, fetch, step_batch
+from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
@@ -117,6 +117,12 @@ def train(
             held=held,
         )
         return trainer.run()
+
+
+def _step_draws_noise(device: torch.device) -> bool:
+    """Whether the step draws its dequantization noise on the device (off the CPU data path) or the prefetcher
+    draws it ahead on the CPU: the same values either way (docs/training.md §4)."""
+    return device.type != "cpu"
 
 
 class Trainer:
@@ -277,7 +283,13 @@ class Trainer:
         """This process's batches for the remaining steps, assembled ahead (data.num_workers processes, or a thread)."""
         t, ctx = self.t, self.ctx
         make = partial(
-            step_batch, self.train_ds, seed=t.seed, batch_size=t.batch_size, rank=ctx.rank, world=ctx.world_size
+            step_batch,
+            self.train_ds,
+            seed=t.seed,
+            batch_size=t.batch_size,
+            rank=ctx.rank,
+            world=ctx.world_size,
+            noise=not _step_draws_noise(self.device),
         )
         pin = self.device.type == "cuda"
         return Prefetcher(make, self.state.step, t.steps, workers=self.cfg.data.num_workers, pin=pin)
@@ -286,6 +298,9 @@ class Trainer:
         """One optimizer update, then whatever falls due after it, in a fixed order."""
         t0 = time.perf_counter()
         images, noise = to_device(self.batches.get(self.state.step), self.device)
+        if noise is None:
+            shape = (self.t.batch_size, *self.model.image_shape)
+            noise = step_noise(self.t.seed, self.state.step, shape, self.ctx.rank, self.ctx.world_size, self.device)
         t1 = time.perf_counter()
         stats = train_step(self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx)
         if self.ema is not None and not stats["skipped"]:
