@@ -94,6 +94,21 @@ def test_per_unit_weight_norms_and_inverse_errors(run):
         assert 0 <= errors[4] < 1e-3
 
 
+def test_logger_writes_each_record_once_and_skips_events(tmp_path):
+    from finc_cli.train.tensorboard import TensorBoardLogger
+
+    tb = TensorBoardLogger(tmp_path, step=0, fresh=True, batch_size=8)
+    tb.record({"step": 5, "loss_bpd": 2.5, "lr": 1e-3, "grad_norm": 1.25, "it_s": 3.0, "data_s": 0.1, "compute_s": 0.3})
+    tb.record({"step": 5, "val_bpd": 2.75, "val_bpd_stderr": 0.5, "recon_max_err": 2e-7})
+    tb.record({"step": 6, "event": "nonfinite", "loss_bpd": float("nan"), "grad_norm": float("inf")})
+    tb.close()
+    acc = events(tmp_path)
+    assert scalars(acc, "train/bpd") == {5: 2.5} and scalars(acc, "train/images_per_s") == {5: 24.0}
+    assert scalars(acc, "train/data_wait_share") == {5: pytest.approx(0.25)}
+    assert scalars(acc, "val/bpd") == {5: 2.75} and scalars(acc, "health/recon_max_err") == {5: pytest.approx(2e-7)}
+    assert scalars(acc, "train/grad_norm") == {5: 1.25}, "an event record (a skipped step) is not a data point"
+
+
 def test_missing_tensorboard_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     for name in ("tensorboard", "torch.utils.tensorboard"):  # None in sys.modules: the import fails
         monkeypatch.setitem(sys.modules, name, None)
@@ -104,3 +119,21 @@ def test_missing_tensorboard_is_one_line_and_writes_nothing(tmp_path, monkeypatc
     assert len(lines) == 1 and "Traceback" not in result.output
     assert "pip install" in lines[0] and "tensorboard" in lines[0]
     assert not out.exists(), "nothing written"
+
+
+@pytest.mark.slow
+def test_resume_from_an_older_checkpoint_purges_the_later_events(tmp_path):
+    """Resumed at step 2 of 4, the events of steps 3-4 are replaced, as metrics.jsonl's lines are."""
+    out = tmp_path / "run"
+    keep = ["--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=2"]
+    ok(invoke("train", "--preset", "digits", "--out", out, "--steps", 4, "--tensorboard", *TINY, *EVERY, *keep))
+    first = scalars(events(out), "train/bpd")
+    ok(invoke("train", "--resume", out, "--from", "step-0000002.pt", "--lr", "0.01", "--tensorboard", "--quiet"))
+    assert len(list((out / LOG_DIR).glob("events.out.tfevents.*"))) == 2, "the resumed session adds a file"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss_bpd" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4], "metrics.jsonl keeps one line per step"
+    logged = scalars(events(out), "train/bpd")
+    assert [e.step for e in events(out).Scalars("train/bpd")] == [1, 2, 3, 4], "no step logged twice"
+    assert list(logged.values()) == pytest.approx([r["loss_bpd"] for r in train], rel=1e-6)
+    assert logged[1] == first[1] and logged[4] != first[4], "steps before the checkpoint kept, after it redone"
