@@ -30,7 +30,9 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch.utils.tensorboard imports the tensorboard package, an optional extra
-        raise ConfigError(f"train.tensorboard needs the tensorboard package: {INSTALL_HINT}") from None
+        raise ConfigError(
+            f"train.tensorboard needs the tensorboard package: {INSTALL_HINT}, or --set train.tensorboard=false"
+        ) from None
     return SummaryWriter
 
 
