@@ -62,9 +62,10 @@ def _batch_sizes(records: list[dict], batch_size: Optional[int]) -> list[Optiona
     """The global batch size in force at each record: config.yaml holds the last, config_changed events the earlier."""
     changes = [r for r in records if r.get("event") == "config_changed" and r.get("key") == "train.batch_size"]
     current = changes[0].get("from") if changes else batch_size
+    at_change = {id(r) for r in changes}
     sizes = []
     for r in records:
-        if r in changes:
+        if id(r) in at_change:
             current = r.get("to")
         sizes.append(current if isinstance(current, int) else None)
     return sizes
@@ -81,6 +82,14 @@ def _wall_seconds(train: list[dict]) -> float:
             total += last
         last = e
     return total + last
+
+
+def _wait_share(record: dict) -> Optional[float]:
+    """The share of a logged step spent waiting for its batch (docs/training.md §13), when the record times it."""
+    data_s, compute_s = record.get("data_s"), record.get("compute_s")
+    if isinstance(data_s, (int, float)) and isinstance(compute_s, (int, float)) and data_s + compute_s > 0:
+        return data_s / (data_s + compute_s)
+    return None
 
 
 def _median(values: list[float]) -> Optional[float]:
@@ -100,13 +109,7 @@ def summarize(records: list[dict], config: Optional[dict] = None) -> dict[str, A
     evals = [r for r in records if "val_bpd" in r]
     best = min((r for r in evals if isinstance(r["val_bpd"], (int, float))), key=lambda r: r["val_bpd"], default=None)
     images_s = [r["it_s"] * b for r, b in train if b and isinstance(r.get("it_s"), (int, float))]
-    shares = [
-        r["data_s"] / (r["data_s"] + r["compute_s"])
-        for r, _ in train
-        if isinstance(r.get("data_s"), (int, float))
-        and isinstance(r.get("compute_s"), (int, float))
-        and r["data_s"] + r["compute_s"] > 0
-    ]
+    shares = [_wait_share(r) for r, _ in train]
     health = [r for r in evals if isinstance(r.get("recon_max_err"), (int, float))]
     return {
         "name": config.get("name"),
@@ -146,11 +149,16 @@ def _figure():
 
 
 def _plot_curves(axes, records: list[dict], summary: dict, sizes: list) -> None:
-    bpd, lr, grad, speed = axes
+    """bits/dim, learning rate, gradient norm and throughput against step."""
     train = [(r, b) for r, b in zip(records, sizes) if "loss_bpd" in r and "event" not in r]
+    _plot_bpd(axes[0], records, [r for r, _ in train], summary)
+    _plot_schedule(axes[1], axes[2], [r for r, _ in train])
+    _plot_throughput(axes[3], train)
+
+
+def _plot_bpd(bpd, records: list[dict], train: list[dict], summary: dict) -> None:
     evals = [r for r in records if isinstance(r.get("val_bpd"), (int, float))]
-    steps = [r["step"] for r, _ in train]
-    bpd.plot(steps, [r["loss_bpd"] for r, _ in train], color="tab:blue", lw=1, label="train")
+    bpd.plot([r["step"] for r in train], [r["loss_bpd"] for r in train], color="tab:blue", lw=1, label="train")
     if evals:
         bpd.errorbar(
             [r["step"] for r in evals],
@@ -178,28 +186,29 @@ def _plot_curves(axes, records: list[dict], summary: dict, sizes: list) -> None:
     bpd.set(title="bits/dim", xlabel="step", ylabel="bits/dim")
     bpd.legend(fontsize=8)
 
-    lr.plot(steps, [r.get("lr", math.nan) for r, _ in train], color="tab:green", lw=1)
+
+def _plot_schedule(lr, grad, train: list[dict]) -> None:
+    steps = [r["step"] for r in train]
+    lr.plot(steps, [r.get("lr", math.nan) for r in train], color="tab:green", lw=1)
     lr.set(title="learning rate", xlabel="step")
     lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
 
-    norms = [r.get("grad_norm", math.nan) for r, _ in train]
+    norms = [r.get("grad_norm", math.nan) for r in train]
     grad.plot(steps, norms, color="tab:red", lw=1)
     positive = [v for v in norms if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
     if positive and max(positive) > 20 * min(positive):  # a spike: keep the ordinary steps readable
         grad.set_yscale("log")
     grad.set(title="gradient norm", xlabel="step")
 
+
+def _plot_throughput(speed, train: list[tuple[dict, Optional[int]]]) -> None:
+    """images/s (steps/s where the batch size is unknown) and the data-wait share on a second axis."""
+    steps = [r["step"] for r, _ in train]
     per_s = [r.get("it_s", math.nan) * b if b else r.get("it_s", math.nan) for r, b in train]
     unit = "images/s" if all(b for _, b in train) else "steps/s"
     speed.plot(steps, per_s, color="tab:purple", lw=1, label=unit)
     speed.set(title="throughput", xlabel="step", ylabel=unit)
-    waits = [
-        (r["step"], 100 * r["data_s"] / (r["data_s"] + r["compute_s"]))
-        for r, _ in train
-        if isinstance(r.get("data_s"), (int, float))
-        and isinstance(r.get("compute_s"), (int, float))
-        and r["data_s"] + r["compute_s"] > 0
-    ]
+    waits = [(r["step"], 100 * _wait_share(r)) for r, _ in train if _wait_share(r) is not None]
     if waits:
         share = speed.twinx()
         share.plot(*zip(*waits), color="tab:gray", lw=1, ls="--", label="data wait %")
