@@ -97,6 +97,7 @@ class TrainConfig:
     sample_temperature: float = 1.0
     max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
     health_threshold: float = 1e-3  # max reconstruction error before a FInC unit is flagged
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard extra)
 
 
 @dataclass
@@ -286,6 +287,7 @@ RESUMABLE_KEYS = frozenset(
             "sample_temperature",
             "max_bad_steps",
             "health_threshold",
+            "tensorboard",
         )
     ]
 )

@@ -143,6 +143,9 @@ def train_cli(
     ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="train.tensorboard: also log to RUN_DIR/tensorboard.")
+    ] = False,
 ) -> None:
     """Train a FInC Flow from a preset; writes config.yaml, metrics.jsonl, last.pt, best.pt, samples/."""
 
@@ -161,6 +164,7 @@ def train_cli(
         "data.num_workers": num_workers,
         "train.precision": precision.value if precision else None,
         "train.accumulate": accumulate,
+        "train.tensorboard": True if tensorboard else None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_preset(preset, overrides)
@@ -417,11 +421,13 @@ from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402
 from finc_cli.cli.data import register as _register_data  # noqa: E402 (needs `app`)
 from finc_cli.cli.interpolate import register as _register_interpolate  # noqa: E402 (needs `app`)
 from finc_cli.cli.presets import register as _register_presets  # noqa: E402 (needs `app`)
+from finc_cli.cli.report import register as _register_report  # noqa: E402 (needs `app`)
 
 _register_benchmark(app)
 _register_data(app)
 _register_interpolate(app)
 _register_presets(app)
+_register_report(app)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from finc_cli.train.run_dir import (
 )
 from finc_cli.train.state import TrainState, checkpoint_payload, params_digest, params_finite, restore
 from finc_cli.train.step import build_optimizer, nonfinite_reason, train_step
+from finc_cli.train.tensorboard import TensorBoardLogger, require_tensorboard
 
 __all__ = ["MAX_ROLLBACKS", "Reporter", "Trainer", "TrainingInterrupted", "train"]
 
@@ -145,6 +146,7 @@ class Trainer:
         held: Optional[contextlib.ExitStack] = None,
     ):
         self.out, self.reporter = out, reporter
+        self.tb: Optional[TensorBoardLogger] = None  # train.tensorboard, rank 0
         self.held = held if held is not None else contextlib.ExitStack()
         self.locked = False
         self.metrics_path = out / "metrics.jsonl"
@@ -155,6 +157,8 @@ class Trainer:
         self.changes = changed_keys(config_from_dict(data["config"]), self.cfg) if data is not None else []
         self.t = self.cfg.train
         self._check_batch_size()
+        if self.t.tensorboard:
+            require_tensorboard()  # a missing optional package fails before anything is written
         self._load_data()
         self._build_model()
         self.fresh = data is None
@@ -169,6 +173,8 @@ class Trainer:
                 self._log_line(
                     {"step": self.state.step, "event": "config_changed", "key": key, "from": before, "to": after}
                 )
+            if self.t.tensorboard:
+                self.tb = TensorBoardLogger(out, self.state.step, self.fresh, self.t.batch_size)
         self._prepare_loop()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -273,6 +279,8 @@ class Trainer:
                     self.last_eval = self._evaluate(log=self.start_step == 0)  # a resumed run logged this step already
         finally:
             self.batches.close()
+            if self.tb is not None:
+                self.tb.close()
             self.reporter.stop()
             dist_utils.barrier()
             if self.ctx.owns_group:
@@ -323,6 +331,8 @@ class Trainer:
         if self.ctx.is_main and self._due(self.t.sample_every):
             with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
                 _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
+            if self.tb is not None:
+                self.tb.sample_grid(self.out / "samples" / f"step_{self.state.step:07d}.png", self.state.step)
         periodic = self._due(self.t.checkpoint_every)
         if periodic:
             self._save("last.pt", periodic=True)
@@ -365,6 +375,8 @@ class Trainer:
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
             health = self.model.reconstruction_report(self.probe) if self.model.finc_units() else []
+            if self.tb is not None and log:
+                self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
         record = {
             "step": state.step,
@@ -429,6 +441,8 @@ class Trainer:
     def _log_line(self, record: dict) -> None:
         if self.ctx.is_main:
             append_metrics(self.metrics_path, record)
+        if self.tb is not None:
+            self.tb.record(record)
 
     def _summary(self) -> dict[str, Any]:
         state = self.state
