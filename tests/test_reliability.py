@@ -552,13 +552,14 @@ def test_invert_flags_ill_conditioned_finc_units(ckpt, tmp_path):
             value.mul_(60.0)  # large off-diagonal taps: the float32 triangular solve loses accuracy
     scaled = tmp_path / "scaled.pt"
     save_checkpoint(scaled, {k: v for k, v in data.items() if k not in ("format", "format_version", "finc_version")})
-    healthy = json.loads(ok(invoke("invert", ckpt, "--limit", 16, "--threshold", 1e-4, "--json")).stdout)
+    raw = ("--weights", "raw")  # the scaled ones (the preset also keeps EMA weights)
+    healthy = json.loads(ok(invoke("invert", ckpt, "--limit", 16, "--threshold", 1e-4, *raw, "--json")).stdout)
     assert healthy["flagged_layers"] == []
-    sick = json.loads(ok(invoke("invert", scaled, "--limit", 16, "--threshold", 1e-4, "--json")).stdout)
+    sick = json.loads(ok(invoke("invert", scaled, "--limit", 16, "--threshold", 1e-4, *raw, "--json")).stdout)
     assert sick["flagged_layers"], [row["max_abs_err"] for row in sick["layers"]]
     for row in sick["layers"]:
         assert row["flagged"] == (row["max_abs_err"] > 1e-4)
-    text = ok(invoke("invert", scaled, "--limit", 16, "--threshold", 1e-4))
+    text = ok(invoke("invert", scaled, "--limit", 16, "--threshold", 1e-4, *raw))
     assert "FLAG" in text.stdout and "exceed the threshold" in text.stderr
 
 
