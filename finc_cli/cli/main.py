@@ -330,12 +330,12 @@ def invert_cli(
     ] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG grid of the decoded images.")] = None,
     threshold: Annotated[
-        Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")
+        Optional[float], typer.Option("--threshold", help="Flag k×k convolutions whose error exceeds this.")
     ] = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Encode and decode exactly; report reconstruction error per FInC unit and timings."""
+    """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
     from finc_cli.invert import invert
 
     result = invert(
@@ -366,7 +366,7 @@ def invert_cli(
 def _render_invert(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"per FInC unit reconstruction error (flag > {result['threshold']:g})")
+    table = Table(title=f"per k×k convolution reconstruction error (flag > {result['threshold']:g})")
     for col in ("layer", "max abs err", "mean abs err", "flag"):
         table.add_column(col)
     for row in result["layers"]:
@@ -386,7 +386,7 @@ def _render_invert(result: dict) -> None:
     )
     if result["flagged_layers"]:
         err_console.print(
-            f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False
+            f"warning: {len(result['flagged_layers'])} convolution(s) exceed the threshold", highlight=False
         )
 
 
