@@ -391,10 +391,12 @@ def _render_invert(result: dict) -> None:
 
 
 from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)
+from finc_cli.cli.compare import register as _register_compare  # noqa: E402 (needs `app`)
 from finc_cli.cli.data import register as _register_data  # noqa: E402 (needs `app`)
 
 _register_benchmark(app)
 _register_data(app)
+_register_compare(app)
 
 
 def main() -> None:
