@@ -67,7 +67,7 @@ class ModelConfig:
     conv1x1: str = "lu"  # lu | plain
     max_log_scale: float = 2.0  # bound on the coupling log-scale (tanh-bounded)
     alpha: float = 0.05  # logit preprocessing: map to [alpha, 1 - alpha]
-    conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §9
+    conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
 
 
 @dataclass
