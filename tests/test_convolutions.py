@@ -168,3 +168,37 @@ def test_old_checkpoint_with_model_finc_loads(tmp_path, finc):
     x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     torch.testing.assert_close(loaded(x, generator=g()), model.eval()(x, generator=g()))
+
+
+# ---------------------------------------------------------------------------------------------
+# every command with every conv, through the CLI
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv", ["emerging", "cinc", "none"])
+def test_train_bpd_sample_invert_through_the_cli(conv, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from finc_cli.cli.main import app
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, f"{args[0]}: exit {result.exit_code}\n{result.output}"
+        return result
+
+    run = tmp_path / "run"
+    tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
+    invoke("train", "--preset", "digits", "--out", run, "--steps", 2, "--set", f"model.conv={conv}", *tiny)
+    assert load_preset(run / "config.yaml").model.conv == conv
+    assert load_checkpoint(run / "best.pt")[1].model.conv == conv  # the checkpoint records the choice
+    bpd = json.loads(invoke("bpd", run / "best.pt", "--split", "test", "--json", "--device", "cpu").stdout)
+    assert 0 < bpd["bpd"] < 10
+    invoke("sample", run / "best.pt", "-n", 4, "--out", tmp_path / "grid.png", "--seed", 0)
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    inv = json.loads(invoke("invert", run / "best.pt", "--split", "test", "--limit", 8, "--json").stdout)
+    assert inv["exact"] and inv["pixel_mismatches"] == 0
+    assert [r["layer"] for r in inv["layers"]] == (
+        [] if conv == "none" else [f"levels.{i}.steps.0.{conv}" for i in (0, 1)]
+    )
