@@ -72,18 +72,13 @@ def _train_images_per_s(run_dir: Path, batch_size: int) -> Optional[float]:
 
 
 def variant_row(
-    conv: str,
-    run_dir: Path,
-    preset: str,
-    overrides: dict,
-    device: str,
-    timing: dict,
-    notify: Optional[Callable[[str], None]] = None,
+    conv: str, run_dir: Path, device: str, recon_images: int = 256, notify: Optional[Callable[[str], None]] = None
 ) -> dict:
-    """Score a trained variant: test bits/dim ± stderr (best.pt), exact round trip, FT/ST timing, parameters."""
-    from finc_cli.bench.model import model_rows
-    from finc_cli.checkpoint import read_checkpoint
-    from finc_cli.device import resolve_device
+    """Score a trained variant: test bits/dim ± stderr (best.pt), exact round trip, parameters, training speed.
+
+    FT and ST are measured later for all variants at once (`_timing`), so that their ratios share one run.
+    """
+    from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
     from finc_cli.evaluate import evaluate
     from finc_cli.flows.convolutions import CONV_LABELS
     from finc_cli.invert import invert
@@ -92,18 +87,7 @@ def variant_row(
     data = read_checkpoint(ckpt)
     cfg_steps = int(data["config"]["train"]["steps"])
     scored = evaluate(str(ckpt), split="test", device=device, notify=notify)
-    recon = invert(str(ckpt), split="test", limit=timing["recon_images"], device=device, notify=notify)
-    (timed,) = model_rows(
-        preset,
-        {**overrides, "model.conv": conv},
-        [timing["batch"]],
-        ["auto"],
-        device=str(resolve_device(device)),  # timed where it trained
-        repeats=timing["repeats"],
-        warmup=timing["warmup"],
-        threads=timing["threads"],
-        convs=[conv],
-    )
+    recon = invert(str(ckpt), split="test", limit=recon_images, device=device, notify=notify)
     return {
         "conv": conv,
         "label": CONV_LABELS[conv],
@@ -111,14 +95,8 @@ def variant_row(
         "bpd": scored["bpd"],
         "bpd_stderr": scored["bpd_stderr"],
         "n_test_images": scored["n_images"],
-        "params": timed["params"],
+        "params": model_from_checkpoint(data, ckpt)[0].num_parameters(),
         "train_images_per_s": _train_images_per_s(run_dir, int(data["config"]["train"]["batch_size"])),
-        "ft_s": timed["ft_s"],
-        "st_s": timed["st_s"],
-        "st_over_ft": timed["st_over_ft"],
-        "timing_batch": timed["batch"],
-        "backend": timed["backend"],
-        "inverse": timed["inverse"],
         "max_recon_err": max([recon["max_abs_err"], *(r["max_abs_err"] for r in recon["layers"])]),
         "max_pixel_err_levels": recon["max_abs_err"],
         "exact": recon["exact"],
@@ -171,11 +149,46 @@ def compare(
             say(f"[{i}/{len(cfgs)}] {conv}: {'resuming' if resume else 'training'} in {run_dir}")
             reporter = reporter_for(conv) if reporter_for else None
             train(cfg, run_dir, resume=resume, force=force, overrides=_flat(cfg) if resume else None, reporter=reporter)
-            row = variant_row(conv, run_dir, preset, {**overrides, "model.conv": conv}, device, timing, notify)
+            row = variant_row(conv, run_dir, device, timing["recon_images"], notify)
             _write_json(run_dir / ROW_FILE, row)
         rows.append(row)
         _write_tables(out, preset, steps, cfgs[convs[0]].train.seed, rows)
+    timed = _timing(out, preset, overrides, convs, device, timing, say)
+    rows = [{**row, **timed[row["conv"]]} for row in rows]
+    _write_tables(out, preset, steps, cfgs[convs[0]].train.seed, rows)
     return _summary(out, preset, steps, cfgs[convs[0]].train.seed, rows)
+
+
+def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, timing: dict, say) -> dict:
+    """{conv: FT/ST columns}: every variant's architecture timed in one `model_rows` run, interleaved, so
+    the ratios share the machine's load; kept in OUT/timing.json and reused while convs and settings match."""
+    from finc_cli.bench.model import model_rows
+    from finc_cli.device import resolve_device
+
+    path = out / "timing.json"
+    settings = {"convs": convs, **{k: timing[k] for k in ("batch", "repeats", "warmup", "threads")}}
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("settings") == settings:
+        return saved["by_conv"]
+    say(f"timing FT and ST of {', '.join(convs)} at batch {timing['batch']}")
+    rows = model_rows(
+        preset,
+        overrides,
+        [timing["batch"]],
+        ["auto"],
+        device=str(resolve_device(device)),  # timed where it trained
+        repeats=timing["repeats"],
+        warmup=timing["warmup"],
+        threads=timing["threads"],
+        convs=convs,
+    )
+    keys = ("ft_s", "st_s", "st_over_ft", "st_vs_finc", "backend", "inverse")
+    by_conv = {r["conv"]: {**{k: r[k] for k in keys}, "timing_batch": r["batch"]} for r in rows}
+    _write_json(path, {"settings": settings, "by_conv": by_conv})
+    return by_conv
 
 
 def _finished_row(run_dir: Path, steps: int) -> Optional[dict]:
@@ -190,10 +203,8 @@ def _finished_row(run_dir: Path, steps: int) -> Optional[dict]:
 
 
 def _summary(out: Path, preset: str, steps: int, seed: int, rows: list[dict]) -> dict:
-    """The rows (with ST ÷ FInC ST) plus the check of the paper's claim: FInC's test bits/dim at most the best
+    """The rows plus the check of the paper's claim: FInC's test bits/dim at most the best
     of Emerging and CInC plus that best's standard error."""
-    finc_st = next((r["st_s"] for r in rows if r["conv"] == "finc"), None)
-    rows = [{**r, "st_vs_finc": None if finc_st is None else r["st_s"] / finc_st} for r in rows]
     by_conv = {r["conv"]: r for r in rows}
     baselines = [by_conv[c] for c in ("emerging", "cinc") if c in by_conv]
     best = min(baselines, key=lambda r: r["bpd"], default=None)
@@ -227,7 +238,7 @@ def compare_markdown(result: dict) -> str:
         "|" + "---|" * len(COMPARE_COLUMNS),
     ]
     lines += ["| " + " | ".join(cell(r, k, s) for _, k, s in COMPARE_COLUMNS) + " |" for r in result["rows"]]
-    batch = result["rows"][0]["timing_batch"] if result["rows"] else "-"
+    batch = result["rows"][0].get("timing_batch", "-") if result["rows"] else "-"
     note = (
         f"\nPreset {result['preset']}, {result['steps']} training steps per variant, seed {result['seed']} "
         f"(same data order). Test bits/dim of best.pt ± standard error over test images; FT and ST in seconds "

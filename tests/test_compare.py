@@ -49,6 +49,7 @@ def test_compare_trains_each_conv_alike_writes_the_table_and_resumes(tmp_path):
     assert changed_keys(*configs) == [("model.conv", "finc", "cinc")]
     assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert "| FInC |" in (out / "compare.md").read_text() and "| CInC |" in compare_markdown(result)
+    assert notes[-1] == "timing FT and ST of finc, cinc at batch 2"  # both at once, interleaved
 
     # rerun: both finished, nothing trained again
     best = (out / "cinc" / "best.pt").stat().st_mtime_ns
