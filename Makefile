@@ -25,11 +25,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The main job on the embedded default: train on digits, sample a grid, report test bits/dim.
+# The main job on the embedded default: train on digits, sample a grid, report test bits/dim,
+# then draw the run as one picture (runs/digits/report.png; docs/report.png is a copy of one).
 demo: $(STAMP)
 	$(BIN)/finc train --preset digits --out runs/digits --force
 	$(BIN)/finc sample runs/digits/best.pt -n 64 --out runs/digits/samples.png --seed 0
 	$(BIN)/finc bpd runs/digits/best.pt --split test
+	$(BIN)/finc report runs/digits --out runs/digits/report.png
 
 # CPU benchmarks; regenerates the tables in BENCHMARKS.md.
 bench: $(STAMP)

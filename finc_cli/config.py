@@ -18,6 +18,7 @@ __all__ = [
     "Config",
     "config_from_dict",
     "CONV_CHOICES",
+    "config_yaml",
     "DataConfig",
     "LEGACY_KEYS",
     "list_presets",
@@ -61,6 +62,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     levels: int = 2  # L: multi-scale levels
+    dequantization: str = "uniform"  # uniform | variational: u ~ U[0, 1), or learned q(u | x) (docs/model.md §2)
+    dequant_hidden: int = 32  # width of the variational dequantizer's networks
+    dequant_steps: int = 4  # checkerboard couplings in the variational dequantizer
     steps: int = 4  # K: flow steps per level
     kernel_size: int = 3  # k of the invertible k×k convolutions (every conv choice)
     hidden: int = 64  # width of the coupling networks
@@ -95,6 +99,7 @@ class TrainConfig:
     sample_temperature: float = 1.0
     max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
     health_threshold: float = 1e-3  # max reconstruction error before a FInC unit is flagged
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard extra)
 
 
 @dataclass
@@ -245,6 +250,11 @@ def validate(cfg: Config) -> None:
         (m.conv in CONV_CHOICES, f"model.conv must be one of {', '.join(CONV_CHOICES)}, got {m.conv!r}"),
         (0.0 <= m.alpha < 0.5, "model.alpha must be in [0, 0.5)"),
         (m.max_log_scale > 0, "model.max_log_scale must be > 0"),
+        (
+            m.dequantization in ("uniform", "variational"),
+            "model.dequantization must be 'uniform' or 'variational'",
+        ),
+        (m.dequant_hidden >= 1 and m.dequant_steps >= 0, "model.dequant_hidden must be >= 1, dequant_steps >= 0"),
         (t.steps >= 0, "train.steps must be >= 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
@@ -297,6 +307,7 @@ RESUMABLE_KEYS = frozenset(
             "sample_temperature",
             "max_bad_steps",
             "health_threshold",
+            "tensorboard",
         )
     ]
 )
@@ -379,9 +390,14 @@ def load_preset(name_or_path: Union[str, os.PathLike] = "digits", overrides: Opt
     return apply_overrides(cfg, overrides)
 
 
-def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as the YAML text a run saves (and `finc config` prints)."""
     import yaml
 
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
     from finc_cli.atomic import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(Path(path), config_yaml(cfg))

@@ -7,9 +7,21 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from finc_cli.errors import ImageInputError
+from finc_cli.errors import ImageInputError, InputError
 
-__all__ = ["load_images", "save_grid", "save_png", "to_uint8_255"]
+__all__ = [
+    "GRID_MIN_WIDTH",
+    "default_scale",
+    "load_images",
+    "save_grid",
+    "save_labelled_rows",
+    "save_pairs_grid",
+    "save_png",
+    "to_uint8_255",
+]
+
+GRID_MIN_WIDTH = 512  # pixels: the default --scale makes a grid at least this wide
+PADDING = 2  # pixels between grid cells, before upscaling
 
 
 def to_uint8_255(images, bins: int):
@@ -22,7 +34,7 @@ def to_uint8_255(images, bins: int):
     return x.clamp(0, 255).to(torch.uint8)
 
 
-def _grid(images, nrow: int, padding: int = 2):
+def _grid(images, nrow: int, padding: int = PADDING):
     """(N, C, H, W) uint8 -> (C, H', W') uint8: torchvision's grid, `nrow` columns even when N < nrow."""
     import torch
     from torchvision.utils import make_grid
@@ -54,12 +66,107 @@ def save_png(chw_uint8, path: Union[str, os.PathLike], scale: int = 1) -> None:
         _to_pil(chw_uint8, scale).save(tmp, format="PNG")
 
 
-def save_grid(images, path: Union[str, os.PathLike], bins: int, nrow: Optional[int] = None) -> None:
-    """Write (N, C, H, W) images with `bins` levels as one PNG grid; small images are upscaled."""
+def default_scale(width: int) -> int:
+    """The integer upscale that makes a picture `width` pixels wide at least GRID_MIN_WIDTH wide."""
+    return max(1, math.ceil(GRID_MIN_WIDTH / max(1, width)))
+
+
+def _check_scale(scale: Optional[int]) -> None:
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise InputError(f"--scale must be a whole number >= 1, got {scale!r}")
+
+
+def save_grid(
+    images, path: Union[str, os.PathLike], bins: int, nrow: Optional[int] = None, scale: Optional[int] = None
+) -> int:
+    """Write (N, C, H, W) images with `bins` levels as one PNG grid, upscaled by the integer `scale`
+    (nearest neighbour; default: the least making the grid GRID_MIN_WIDTH wide). Returns the scale.
+    """
+    _check_scale(scale)
     imgs = to_uint8_255(images, bins)
     nrow = nrow or max(1, int(math.ceil(math.sqrt(imgs.shape[0]))))
-    scale = max(1, 32 // imgs.shape[-1])  # 8x8 digits become visible
-    save_png(_grid(imgs, nrow), Path(path), scale=scale)
+    grid = _grid(imgs, nrow)  # (C, H', W')
+    scale = scale or default_scale(grid.shape[-1])
+    save_png(grid, Path(path), scale=scale)
+    return scale
+
+
+def save_pairs_grid(
+    top,
+    bottom,
+    path: Union[str, os.PathLike],
+    bins: int,
+    nrow: Optional[int] = None,
+    scale: Optional[int] = None,
+) -> int:
+    """Write images `top` (N, C, H, W) each above its partner in `bottom`: rows of `nrow` from top,
+    then the same `nrow` from bottom, and so on (e.g. originals above their reconstructions).
+    """
+    import torch
+
+    if top.shape != bottom.shape:
+        raise InputError(f"cannot pair images of shapes {tuple(top.shape)} and {tuple(bottom.shape)}")
+    _check_scale(scale)
+    n = top.shape[0]
+    nrow = nrow or min(n, 16)
+    a, b = to_uint8_255(top, bins), to_uint8_255(bottom, bins)
+    blocks = []
+    for start in range(0, n, nrow):
+        for half in (a[start : start + nrow], b[start : start + nrow]):
+            blank = half.new_zeros((nrow - half.shape[0], *half.shape[1:]))  # fill the last row
+            blocks.append(torch.cat([half, blank]))
+    grid = _grid(torch.cat(blocks), nrow)  # (C, H', W')
+    scale = scale or default_scale(grid.shape[-1])
+    save_png(grid, Path(path), scale=scale)
+    return scale
+
+
+def save_labelled_rows(
+    rows: Sequence[tuple], path: Union[str, os.PathLike], bins: int, scale: Optional[int] = None
+) -> dict:
+    """Write [(label, images (n, C, H, W)), ...] as one grid, one row each, its label in a left margin.
+
+    Row i of the picture (below the margin) is exactly what save_grid writes for that row's images
+    with nrow=n and the same scale. Returns {"scale", "label_width", "row_height"} in output pixels.
+    """
+    import torch
+
+    _check_scale(scale)
+    n = rows[0][1].shape[0]
+    if any(images.shape[0] != n for _, images in rows):
+        raise InputError("every labelled row needs the same number of images")
+    grid = _grid(torch.cat([to_uint8_255(images, bins) for _, images in rows]), n)  # (C, H', W')
+    scale = scale or default_scale(grid.shape[-1])
+    body = _to_pil(grid, scale)
+    row_height = (rows[0][1].shape[-2] + PADDING) * scale  # one row's stride in the picture
+    picture, label_width = _with_labels(body, [label for label, _ in rows], row_height, PADDING * scale)
+    from finc_cli.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        picture.save(tmp, format="PNG")
+    return {"scale": scale, "label_width": label_width, "row_height": row_height}
+
+
+def _with_labels(body, labels: Sequence[str], row_height: int, pad: int):
+    """(body with a black left margin holding each row's label in white, the margin's width)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = max(10, min(32, (row_height - pad) // 3))
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    boxes = [measure.textbbox((0, 0), text, font=font) for text in labels]
+    label_width = max(box[2] - box[0] for box in boxes) + 2 * max(pad, 4)
+    picture = Image.new(body.mode, (body.width + label_width, body.height), 0)
+    picture.paste(body, (label_width, 0))
+    draw = ImageDraw.Draw(picture)
+    white = 255 if body.mode == "L" else (255, 255, 255)
+    for i, (text, box) in enumerate(zip(labels, boxes)):
+        y = i * row_height + pad + (row_height - pad - (box[3] - box[1])) // 2 - box[1]
+        draw.text((max(pad, 4) - box[0], y), text, fill=white, font=font)
+    return picture, label_width
 
 
 def load_images(paths: Sequence[str], channels: int, height: int, width: int, bins: int):

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from finc_cli.atomic import check_output_file
 from finc_cli.errors import ImageInputError, InputError
 
-__all__ = ["invert", "load_latents", "save_latents"]
+__all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
 LATENTS_FORMAT = "finc-latents"
 
@@ -76,11 +76,15 @@ def invert(
     cache_dir: Optional[str] = None,
     notify=None,
     weights: Optional[str] = None,
+    progress=None,
+    scale: Optional[int] = None,
 ) -> dict:
     """Encode then decode; report pixel-space reconstruction error, per-FInC-unit error and timings.
 
     With `latents_from`, only decode that file's latents. `backend` picks the FInC inverse;
-    `notify` gets one-line notes about the data (a missing or unusable prepared cache).
+    `notify` gets one-line notes about the data (a missing or unusable prepared cache);
+    `progress(total)` may return a callback advanced by the number of images done. The
+    `decoded_out` grid shows each original above its reconstruction, upscaled by `scale`.
     """
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.device import resolve_device
@@ -92,17 +96,18 @@ def invert(
     threshold = cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:
-            return _decode_file(model, latents_from, dev, decoded_out)
+            return _decode_file(model, latents_from, dev, decoded_out, scale)
         x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
-        result, latents, decoded = _round_trip(model, x.to(dev))
+        callback = progress(x.shape[0]) if progress else None
+        result, latents, decoded = round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
     if decoded_out:
-        from finc_cli.images import save_grid
+        from finc_cli.images import save_pairs_grid
 
-        save_grid(decoded, decoded_out, model.bins)
+        save_pairs_grid(x, decoded, decoded_out, model.bins, scale=scale)
     worst = max(result["layers"], key=lambda r: r["max_abs_err"], default=None)
     return {
         "n_images": int(x.shape[0]),
@@ -116,7 +121,7 @@ def invert(
     }
 
 
-def _decode_file(model, path: str, device, decoded_out: Optional[str]) -> dict:
+def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None) -> dict:
     """Decode the latents saved in `path`; write them as a grid when asked."""
     import torch
 
@@ -128,7 +133,7 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str]) -> dict:
     if decoded_out:
         from finc_cli.images import save_grid
 
-        save_grid(decoded, decoded_out, model.bins)
+        save_grid(decoded, decoded_out, model.bins, scale=scale)
         result["decoded_out"] = decoded_out
     return result
 
@@ -151,8 +156,36 @@ def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, not
     return x, f"{cfg.data.name}/{split} (first {x.shape[0]})"
 
 
-def _round_trip(model, x) -> tuple:
-    """(figures, latents, decoded images) of encode then decode on x; errors in intensity levels."""
+def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
+    """(figures, latents, decoded images) of encode then decode on x, batch by batch; errors in intensity levels."""
+    import torch
+
+    parts = [_round_trip_batch(model, x[i : i + batch_size], progress) for i in range(0, x.shape[0], batch_size)]
+    latents = [torch.cat(zs) for zs in zip(*(p["latents"] for p in parts))]
+    decoded = torch.cat([p["decoded"] for p in parts])
+    cont_err = torch.cat([p["cont_err"].flatten() for p in parts])
+    sizes = [p["decoded"].shape[0] for p in parts]  # each unit's mean is over images of one shape: weigh by batch
+    layers = [
+        {
+            "layer": rows[0]["layer"],
+            "max_abs_err": max(r["max_abs_err"] for r in rows),
+            "mean_abs_err": sum(r["mean_abs_err"] * n for r, n in zip(rows, sizes)) / sum(sizes),
+        }
+        for rows in zip(*(p["layers"] for p in parts))
+    ]
+    figures = {
+        "exact": bool(torch.equal(decoded.cpu(), x.cpu())),
+        "max_abs_err": cont_err.max().item(),
+        "mean_abs_err": cont_err.mean().item(),
+        "pixel_mismatches": int((decoded.cpu() != x.cpu()).sum()),
+        "encode_seconds": sum(p["encode_seconds"] for p in parts),
+        "decode_seconds": sum(p["decode_seconds"] for p in parts),
+        "layers": layers,
+    }
+    return figures, latents, decoded
+
+
+def _round_trip_batch(model, x, progress=None) -> dict:
     import torch
 
     from finc_cli.data.preprocess import quantize
@@ -170,13 +203,13 @@ def _round_trip(model, x) -> tuple:
         t2 = time.perf_counter()
         cont_err = ((v_rec - model.dequantize(x, "center")).abs() * model.bins).double()
         layers = model.reconstruction_report(x)
-    figures = {
-        "exact": bool(torch.equal(decoded.cpu(), x.cpu())),
-        "max_abs_err": cont_err.max().item(),
-        "mean_abs_err": cont_err.mean().item(),
-        "pixel_mismatches": int((decoded.cpu() != x.cpu()).sum()),
+    if progress is not None:
+        progress(x.shape[0])
+    return {
+        "latents": latents,
+        "decoded": decoded,
+        "cont_err": cont_err,
+        "layers": layers,
         "encode_seconds": t1 - t0,
         "decode_seconds": t2 - t1,
-        "layers": layers,
     }
-    return figures, latents, decoded

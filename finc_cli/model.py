@@ -16,6 +16,7 @@ from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
 from finc_cli.flows.convolutions import conv_kind, make_conv
 from finc_cli.flows.coupling import AffineCoupling
+from finc_cli.flows.dequantizer import VariationalDequantizer
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
@@ -114,6 +115,11 @@ class FlowModel(nn.Module):
         self.levels = nn.ModuleList(
             Level(c_in, model_cfg, split=i < model_cfg.levels - 1) for i, c_in in enumerate(in_channels)
         )
+        self.dequantizer = (
+            VariationalDequantizer(self.image_shape[0], self.bins, model_cfg.dequant_hidden, model_cfg.dequant_steps)
+            if model_cfg.dequantization == "variational"
+            else None
+        )
 
     # -- shapes and bookkeeping ---------------------------------------------------------------
 
@@ -205,14 +211,22 @@ class FlowModel(nn.Module):
         """(B,) bits/dim of integer images x (B, C, H, W) in [0, bins-1]: the one loss of training,
         evaluation and benchmarks.
 
-        The dequantization noise u ∈ [0, 1) is `noise` when given (training passes the noise of its
-        step, on x's device), else drawn uniformly from `generator`.
+        `noise` ∈ [0, 1) is the step's uniform noise (training passes it, on x's device), else it is
+        drawn from `generator`. With uniform dequantization it is u itself; with variational
+        dequantization u ~ q(u | x) is the dequantizer's transform of it, and the figure is the
+        variational bound -log p(x + u) + log q(u | x) in bits/dim (docs/model.md §2).
         """
+        p = self._param()
         if noise is None:
-            v = self.dequantize(x, "uniform", generator)
+            device = generator.device if generator is not None else p.device
+            noise = torch.rand(x.shape, generator=generator, device=device, dtype=p.dtype).to(p.device)
+        x = x.to(noise.device)
+        if self.dequantizer is None:
+            u, log_q = noise, 0.0
         else:
-            v = (x.to(noise.dtype) + noise) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
-        return bits_per_dim(-self.log_prob(v), self.num_dims, self.bins)
+            u, log_q = self.dequantizer(x, noise)
+        v = (x.to(u.dtype) + u) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
+        return bits_per_dim(log_q - self.log_prob(v), self.num_dims, self.bins)
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """(B,) log-density of the bin-scaled dequantized image v (what `forward` turns into bits/dim)."""

@@ -5,38 +5,71 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from finc_cli.atomic import check_output_file
 from finc_cli.errors import InputError, OutputError
 
-__all__ = ["sample"]
+__all__ = ["parse_temperatures", "sample"]
+
+ROW_SAMPLES = 8  # images per row of a temperature grid unless -n says otherwise
+
+
+def parse_temperatures(value: Union[float, str, Sequence[float]]) -> list[float]:
+    """'0,0.5,1' (or a number, or a list) -> [0.0, 0.5, 1.0]; each a finite number >= 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        items: list = [value]
+    elif isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    else:
+        items = list(value)
+    temps = []
+    for item in items:
+        try:
+            t = float(item)
+        except (TypeError, ValueError):
+            t = math.nan
+        if not (math.isfinite(t) and t >= 0):
+            raise InputError(
+                f"--temperature must be finite numbers >= 0 separated by commas (e.g. 1 or 0,0.5,0.7,1), got {value!r}"
+            )
+        temps.append(t)
+    if not temps:
+        raise InputError("--temperature must be at least one value, e.g. 1 or 0,0.5,0.7,1")
+    return temps
 
 
 def sample(
     checkpoint: str,
-    n: int = 64,
+    n: Optional[int] = None,
     out: str = "samples.png",
-    temperature: float = 1.0,
+    temperature: Union[float, str, Sequence[float]] = 1.0,
     seed: Optional[int] = None,
     nrow: Optional[int] = None,
     individual: bool = False,
     device: str = "auto",
     backend: Optional[str] = None,
     weights: Optional[str] = None,
+    scale: Optional[int] = None,
 ) -> dict:
-    """Draw n samples at temperature T and write a PNG grid (or one PNG per sample)."""
+    """Draw n samples at temperature T and write a PNG grid (or one PNG per sample).
+
+    With several temperatures (e.g. "0,0.5,0.7,0.85,1") the grid has one labelled row of n
+    samples (default 8) per temperature, in the order given; every row uses the same noise, so
+    a column shows one sample at each temperature. `scale` upscales the grid (nearest neighbour;
+    default: at least `images.GRID_MIN_WIDTH` pixels wide), and individual PNGs when given.
+    """
     import torch
 
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.device import resolve_device
-    from finc_cli.images import save_grid, save_png, to_uint8_255
+    from finc_cli.images import save_grid, save_labelled_rows, save_png, to_uint8_255
     from finc_cli.inverse import use_backend
 
-    if n < 1:
-        raise InputError(f"-n must be at least 1, got {n}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise InputError(f"--temperature must be a finite number > 0, got {temperature}")
+    temps = parse_temperatures(temperature)
+    labelled = len(temps) > 1
+    n = n if n is not None else (ROW_SAMPLES if labelled else 64)
+    _check_inputs(n, nrow, individual, labelled, scale)
     out_path = Path(out)
     if individual:
         if out_path.exists() and not out_path.is_dir():
@@ -46,32 +79,50 @@ def sample(
         check_output_file(out_path)
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
-    g = torch.Generator(device=dev)
-    g.manual_seed(seed if seed is not None else torch.seed())
+    seed = seed if seed is not None else torch.seed() % 2**63
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
+    rows = []
     with torch.no_grad(), use_backend(backend):
-        images = model.sample(n, temperature=temperature, generator=g)
+        for t in temps:  # the same generator state per row: the rows differ only by temperature
+            g = torch.Generator(device=dev).manual_seed(seed)
+            rows.append(model.sample(n, temperature=t, generator=g))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    layout: dict = {}
     if individual:
-        _save_individual(to_uint8_255(images, model.bins), out_path, save_png)
-        written = str(out_path)
+        _save_individual(to_uint8_255(rows[0], model.bins), out_path, lambda x, p: save_png(x, p, scale or 1))
+        layout["scale"] = scale or 1
+    elif labelled:
+        layout = save_labelled_rows([(f"T={t:g}", x) for t, x in zip(temps, rows)], out_path, model.bins, scale)
     else:
-        save_grid(images, out_path, model.bins, nrow=nrow)
-        written = str(out_path)
+        layout["scale"] = save_grid(rows[0], out_path, model.bins, nrow=nrow, scale=scale)
+    total = n * len(temps)
     return {
-        "n": n,
-        "out": written,
-        "temperature": temperature,
+        "n": total,
+        "out": str(out_path),
+        "temperature": temps[0] if not labelled else None,
+        "temperatures": temps,
         "seed": seed,
         "sampling_seconds": seconds,
-        "seconds_per_image": seconds / n,
+        "seconds_per_image": seconds / total,
         "dataset": cfg.data.name,
         "device": str(dev),
+        **layout,
     }
+
+
+def _check_inputs(n: int, nrow: Optional[int], individual: bool, labelled: bool, scale: Optional[int]) -> None:
+    if n < 1:
+        raise InputError(f"-n must be at least 1, got {n}")
+    if scale is not None and scale < 1:
+        raise InputError(f"--scale must be a whole number >= 1, got {scale}")
+    if labelled and individual:
+        raise InputError("--individual takes one temperature; give a list only for a grid")
+    if labelled and nrow is not None:
+        raise InputError("--nrow does not apply to a temperature list: each temperature is one row of -n samples")
 
 
 def _save_individual(pixels, folder: Path, save_png) -> None:

@@ -136,11 +136,11 @@ def test_cli_json_is_one_object(root, monkeypatch):
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert set(out) == {"env", "rows", "pss", "train"} and out["pss"] == out["train"] == []
-    assert [(r["format"], r["source"]) for r in out["rows"]] == [
-        ("digits", "sources"),
-        ("digits", "cache"),
-        ("imagenet64", "sources"),
-        ("imagenet64", "cache"),
+    assert [(r["format"], r["source"], r["noise"]) for r in out["rows"]] == [
+        (fmt, source, noise)
+        for fmt in ("digits", "imagenet64")
+        for source in ("sources", "cache")
+        for noise in ("cpu", "device")
     ]
     table = CliRunner().invoke(_app(), args)
     assert table.exit_code == 0 and "finc benchmark data" in table.stdout
@@ -149,6 +149,27 @@ def test_cli_json_is_one_object(root, monkeypatch):
 def test_cli_refuses_an_unknown_format(root):
     result = CliRunner().invoke(_app(), ["benchmark", "data", "--root", str(root), "--formats", "svhn"])
     assert result.exit_code == 2 and "svhn" in result.output
+    result = CliRunner().invoke(_app(), ["benchmark", "data", "--root", str(root), "--noise", "gpu"])
+    assert result.exit_code == 2 and "gpu" in result.output
+
+
+def test_noise_on_the_device_leaves_it_out_of_the_batches(root, monkeypatch):
+    """What `measure` times with noise='device' is what GPU training's prefetcher makes: batches without noise."""
+    import finc_cli.data.batches as batches
+
+    made = []
+    real = batches.step_batch
+
+    def spy(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(batches, "step_batch", spy)
+    setup = bench.ensure("imagenet64", root, N)
+    row = bench.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="device")
+    assert row["noise"] == "device" and made and all(b.noise is None for b in made)
+    with pytest.raises(ValueError, match="noise"):
+        bench.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="gpu")
 
 
 @pytest.mark.slow

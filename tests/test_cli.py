@@ -133,7 +133,7 @@ def test_sample_grid_has_the_right_size(ckpt, tmp_path):
     out = tmp_path / "x.png"
     result = ok(invoke("sample", ckpt, "-n", 9, "--out", out, "--seed", 0))
     assert "9 samples" in result.stdout
-    side = (3 * (8 + 2) + 2) * 4  # 3×3 grid of 8×8 digits, 2 px padding, upscaled 4× (32 // 8)
+    side = (3 * (8 + 2) + 2) * 16  # 3×3 grid of 8×8 digits, 2 px padding: 32 px, upscaled 16× to >= 512 px
     with Image.open(out) as img:
         assert img.size == (side, side) and img.mode == "L"
 

@@ -444,7 +444,7 @@ def test_invert_rejects_wrong_images(ckpt, tmp_path, size, mode, words):
     [
         (["-n", "0"], ["-n must be at least 1"]),
         (["-n", "-3"], ["-n must be at least 1"]),
-        (["--temperature", "0"], ["--temperature must be"]),
+        (["--temperature", "0,"], ["--temperature must be"]),  # 0 itself is allowed: every latent at its mean
         (["--temperature", "-0.5"], ["--temperature must be"]),
         (["--temperature", "nan"], ["--temperature must be"]),
     ],

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_IMAGES",
     "DEFAULT_ROOT",
     "FORMATS",
+    "NOISE",
     "SMALL_MODEL",
     "data_rows",
     "ensure",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 FORMATS = ("digits", "mnist", "cifar10", "imagenet64", "celeba64")
+# Where a step's dequantization noise is drawn: by the data path on the CPU (CPU training), or by
+# the step on the training device (GPU training: the batch carries uint8 images only).
+NOISE = ("cpu", "device")
 # Official training images per synthetic set: MNIST's, CIFAR-10's and CelebA's real counts; 100k for ImageNet64.
 DEFAULT_IMAGES = {"mnist": 60_000, "cifar10": 50_000, "imagenet32": 100_000, "imagenet64": 100_000, "celeba64": 162_770}
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "finc-bench-data"
@@ -284,13 +288,17 @@ def measure(
     seed: int = 0,
     hflip: bool = False,
     translate: int = 0,
+    noise: str = "cpu",
 ) -> dict:
     """One (format, source, workers), in this process: open the training set as training does, time its batches.
 
     first_batch_s runs from the `get_dataset` call to the first batch in hand; images_s is the steady
     rate after `warmup` batches (the first included); peak RSS is this process's, and the largest
-    DataLoader worker's.
+    DataLoader worker's. noise='cpu': batches carry their dequantization noise, as CPU training's do;
+    'device': uint8 images only, as on a GPU, where the step draws the noise on the device.
     """
+    if noise not in NOISE:
+        raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
     import torch
 
     from finc_cli.data.batches import step_batch
@@ -313,7 +321,8 @@ def measure(
     if isinstance(ds, MappedImages) != use_cache:
         raise RuntimeError(f"{fmt}: asked to read from {source}, get_dataset gave a {type(ds).__name__}")
     opened, warmup = time.perf_counter(), max(1, warmup)
-    batches = Prefetcher(partial(step_batch, ds, seed=seed, batch_size=batch_size), 0, warmup + steps, workers=workers)
+    make = partial(step_batch, ds, seed=seed, batch_size=batch_size, noise=noise == "cpu")
+    batches = Prefetcher(make, 0, warmup + steps, workers=workers)
     try:
         stamps, sizes = _consume(batches, warmup + steps)
     finally:
@@ -329,6 +338,7 @@ def measure(
         "images": len(ds),
         "batch": batch_size,
         "augment": _augment_label(hflip, translate),
+        "noise": noise,
         "steps": steps,
         "open_s": opened - t0,
         "first_batch_s": stamps[0] - t0,
@@ -374,13 +384,16 @@ def _read_by(fmt: str, source: str, data_dir, cache_dir) -> list[Path]:
     return source_files(fmt, "train", data_dir)
 
 
-def measure_fresh(fmt: str, source: str, data_dir, cache_dir, steps, warmup, batch_size, workers, seed=0, **aug):
+def measure_fresh(
+    fmt: str, source: str, data_dir, cache_dir, steps, warmup, batch_size, workers, seed=0, noise="cpu", **aug
+):
     """`measure` in a fresh Python process, the files it reads read once first (a warm page cache): its row."""
     _warm(_read_by(fmt, source, data_dir, cache_dir))
     args = ["--one", "--format", fmt, "--source", source, *_dirs(data_dir, cache_dir)]
     args += ["--steps", str(steps), "--warmup", str(warmup), "--batch-size", str(batch_size)]
     args += ["--workers", str(workers), "--seed", str(seed), "--translate", str(aug.get("translate", 0))]
-    return _child(args + (["--hflip"] if aug.get("hflip") else []), f"{fmt} from {source}, {workers} workers")
+    args += ["--noise", noise] + (["--hflip"] if aug.get("hflip") else [])
+    return _child(args, f"{fmt} from {source}, {workers} workers, noise on {noise}")
 
 
 def data_rows(
@@ -397,13 +410,16 @@ def data_rows(
     hflip: Optional[bool] = None,
     translate: Optional[int] = None,
     repeats: int = 1,
+    noise_list: Sequence[str] = ("cpu",),
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
-    """One row per (format, source, workers), each measured `repeats` times in fresh processes (`measure_fresh`).
+    """One row per (format, source, workers, noise), each measured `repeats` times in fresh processes (`measure_fresh`).
 
     The repeats go round-robin over every configuration, so that load from other processes hits all
     of them alike; a row holds the medians of images/s and of the time to the first batch. The batch
     size and augmentation are each format's preset's unless given; `images` maps a format to the
-    training images of its synthetic set (DEFAULT_IMAGES otherwise).
+    training images of its synthetic set (DEFAULT_IMAGES otherwise). `progress(total)` may return a
+    callback advanced once per measurement.
     """
     configs = []  # (fmt, source, data_dir, cache_dir), measure_fresh's keywords, prepare_s
     for fmt in formats:
@@ -412,10 +428,19 @@ def data_rows(
         for source in [m for m, on in (("sources", sources), ("cache", cache)) if on]:
             prepare_s = setup["prepare_s"] if source == "cache" else None
             for workers in workers_list:
-                where = (fmt, source, setup["data_dir"], setup["cache_dir"])
-                configs.append((where, {**kw, "workers": workers}, prepare_s))
-    runs = [[measure_fresh(*where, **kw) for where, kw, _ in configs] for _ in range(max(1, repeats))]
+                for noise in noise_list:
+                    where = (fmt, source, setup["data_dir"], setup["cache_dir"])
+                    configs.append((where, {**kw, "workers": workers, "noise": noise}, prepare_s))
+    advance = progress(len(configs) * max(1, repeats)) if progress else (lambda n: None)
+    runs = [
+        [_counted(measure_fresh(*where, **kw), advance) for where, kw, _ in configs] for _ in range(max(1, repeats))
+    ]
     return [{**_median_row([run[k] for run in runs]), "prepare_s": c[2]} for k, c in enumerate(configs)]
+
+
+def _counted(row: dict, advance: Callable) -> dict:
+    advance(1)
+    return row
 
 
 def _preset_options(fmt: str, batch_size: Optional[int], hflip: Optional[bool], translate: Optional[int]) -> dict:
@@ -679,6 +704,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(name, type=int, default=default)
     p.add_argument("--translate", type=int, default=0)
     p.add_argument("--hflip", action="store_true")
+    p.add_argument("--noise", choices=NOISE, default="cpu")
     return p
 
 
@@ -688,7 +714,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _pss_child(a.format, a.source, a.data_dir, a.cache_dir)
     sizes = dict(steps=a.steps, warmup=a.warmup, batch_size=a.batch_size, workers=a.workers)
     row = measure(
-        a.format, a.source, a.data_dir, a.cache_dir, **sizes, seed=a.seed, hflip=a.hflip, translate=a.translate
+        a.format,
+        a.source,
+        a.data_dir,
+        a.cache_dir,
+        **sizes,
+        seed=a.seed,
+        hflip=a.hflip,
+        translate=a.translate,
+        noise=a.noise,
     )
     print(json.dumps(row), flush=True)
     return 0

@@ -97,18 +97,22 @@ def layer_rows(
     threads: int = 2,
     budget_s: Optional[float] = 5.0,
     seed: int = 0,
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
     """One row per (device, dtype, shape (B, C, H, W, k), layer, inverse backend).
 
     Keys: layer, backend, B, C, H, W, k, dtype, device, forward_ms, forward_q1_ms, forward_q3_ms,
     inverse_ms, inverse_q1_ms, inverse_q3_ms, ratio (inverse / forward), max_err, repeats.
     FInC rows share the forward time; `backends` None means every FInC backend available.
+    `progress(total)` may return a callback advanced once per (device, dtype, shape).
     """
     layers = list(layers)
     for kind in layers:
         if kind not in LAYERS:
             raise InputError(f"unknown layer '{kind}'; choose from: {', '.join(LAYERS)}")
     rows = []
+    devices, dtypes, shapes = list(devices), list(dtypes), list(shapes)
+    advance = progress(len(devices) * len(dtypes) * len(shapes)) if progress else (lambda n: None)
     with num_threads(threads):
         for device_name in devices:
             for dtype_name in dtypes:
@@ -116,6 +120,7 @@ def layer_rows(
                 names = finc_backends(backends, device)
                 for shape in shapes:
                     rows += _shape_rows(tuple(shape), layers, names, device, dtype, repeats, warmup, budget_s, seed)
+                    advance(1)
     return rows
 
 

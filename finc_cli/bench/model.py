@@ -7,7 +7,7 @@ equal; the paper's published FT/ST table for comparison.
 from __future__ import annotations
 
 import statistics
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -103,6 +103,7 @@ def model_rows(
     temperature: float = 1.0,
     convs: Iterable[str] = ("finc", "none"),
     seed: int = 0,
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
     """FT (the bits/dim forward, model(x), of a uint8 batch) and ST (model.sample) per batch size and conv.
 
@@ -112,7 +113,8 @@ def model_rows(
     inverse ran, in words), preset, levels, steps, hidden, kernel_size, params, batch, dtype,
     device, ft_s, ft_q1_s, ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without
     the Glow model), st_vs_finc (None without FInC; against FInC's first backend).
-    Random weights (timing only), ActNorm initialised on one random batch.
+    Random weights (timing only), ActNorm initialised on one random batch. `progress(total)`
+    may return a callback advanced once per batch size.
     """
     from finc_cli.config import load_preset
     from finc_cli.model import build_model
@@ -122,6 +124,8 @@ def model_rows(
     cfgs = {MODEL_NAMES[c]: load_preset(preset, {**overrides, "model.conv": c}) for c in parse_convs(convs)}
     names = finc_backends(backends, dev)
     rows = []
+    batch_sizes = list(batch_sizes)
+    advance = progress(len(batch_sizes)) if progress else (lambda n: None)
     with num_threads(threads):
         torch.manual_seed(seed)
         models = {kind: build_model(cfg).to(device=dev, dtype=dt) for kind, cfg in cfgs.items()}
@@ -131,6 +135,7 @@ def model_rows(
             if int(batch) < 1:
                 raise InputError(f"batch sizes must be >= 1, got {batch}")
             rows += _batch_rows(models, cfgs, preset, int(batch), names, dev, repeats, warmup, temperature, seed)
+            advance(1)
     return rows
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -32,6 +32,7 @@ def scaling_rows(
     budget_s: float = 2.0,
     max_call_s: float = 1.0,
     seed: int = 0,
+    progress: Optional[Callable] = None,
 ) -> list[dict]:
     """Inverse time of one layer of C channels against image size n (n×n) per backend and k.
 
@@ -39,7 +40,7 @@ def scaling_rows(
     baselines (emerging, cinc); None means all that run here. A backend whose next size is
     predicted (×(n'/n)², the pixel count) to exceed `max_call_s` per call is not measured at
     larger n. Keys: backend, k, n, B, C, dtype, device, median_ms, q1_ms, q3_ms, min_ms, max_ms,
-    repeats, max_err.
+    repeats, max_err. `progress(total)` may return a callback advanced once per k.
     """
     dev, dt = resolve(device, dtype)
     sizes = sorted(int(n) for n in sizes)
@@ -57,11 +58,14 @@ def scaling_rows(
             b for b in SEQUENTIAL if b in backends
         ]
     rows = []
+    kernel_sizes = list(kernel_sizes)
+    advance = progress(len(kernel_sizes)) if progress else (lambda n: None)
     with num_threads(threads):
         for k in kernel_sizes:
             rows += _scaling_k(
                 int(k), sizes, names, batch_size, channels, dev, dt, repeats, warmup, budget_s, max_call_s, seed
             )
+            advance(1)
     return rows
 
 

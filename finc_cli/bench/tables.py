@@ -84,6 +84,7 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("train images", "images", ",d"),
         ("batch", "batch", "d"),
         ("augment", "augment", "s"),
+        ("noise drawn", "noise", "s"),
         ("first batch s", "first_batch_s", ".3g"),
         ("images/s", "images_s", ",.0f"),
         ("images/s range", ("images_s_min", "images_s_max"), ",.0f"),

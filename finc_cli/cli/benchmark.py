@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
+from finc_cli.cli.progress import progress_bars
 
 __all__ = [
     "DType",
@@ -119,7 +120,18 @@ def layer_cli(
     from finc_cli.bench.layer import LAYERS, layer_rows
 
     parsed = [_parse_shape(s) for s in shapes] if shapes else [(16, 12, 32, 32, 3)]
-    rows = layer_rows(parsed, layers or LAYERS, backends, (dtype.value,), (device,), repeats, warmup, threads)
+    with progress_bars("benchmark layer", enabled=not json_out) as bars:
+        rows = layer_rows(
+            parsed,
+            layers or LAYERS,
+            backends,
+            (dtype.value,),
+            (device,),
+            repeats,
+            warmup,
+            threads,
+            progress=bars,
+        )
     env = _environment(rows, device, threads, dtype)
     if not _output(env, rows, json_out, csv_path):
         _print_env(env)
@@ -162,19 +174,21 @@ def model_cli(
 
     chosen = [c for c in parse_convs(convs or ["finc,none"]) if not (no_glow and c == "none")]
 
-    rows = model_rows(
-        preset,
-        parse_sets(sets),
-        batch_sizes or [100],
-        backends or ["auto"],
-        device,
-        dtype.value,
-        repeats,
-        warmup,
-        threads,
-        temperature,
-        chosen,
-    )
+    with progress_bars("benchmark model", enabled=not json_out) as bars:
+        rows = model_rows(
+            preset,
+            parse_sets(sets),
+            batch_sizes or [100],
+            backends or ["auto"],
+            device,
+            dtype.value,
+            repeats,
+            warmup,
+            threads,
+            temperature,
+            chosen,
+            progress=bars,
+        )
     env = _environment(rows, device, threads, dtype)
     paper = paper_rows()
     if _output(env, rows, json_out, csv_path, {"paper": paper}):
@@ -219,19 +233,21 @@ def scaling_cli(
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
     from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
-    rows = scaling_rows(
-        sizes or (8, 16, 32, 64, 128),
-        kernel_sizes or (2, 3, 5, 7),
-        backends,
-        batch_size,
-        channels,
-        device,
-        dtype.value,
-        repeats,
-        warmup,
-        threads,
-        max_call_s=max_call_s,
-    )
+    with progress_bars("benchmark scaling", enabled=not json_out) as bars:
+        rows = scaling_rows(
+            sizes or (8, 16, 32, 64, 128),
+            kernel_sizes or (2, 3, 5, 7),
+            backends,
+            batch_size,
+            channels,
+            device,
+            dtype.value,
+            repeats,
+            warmup,
+            threads,
+            max_call_s=max_call_s,
+            progress=bars,
+        )
     fits = fit_exponents(rows)
     env = _environment(rows, device, threads, dtype)
     if _output(env, rows, json_out, csv_path, {"fits": fits}):
@@ -267,6 +283,14 @@ def data_cli(
     ] = None,
     hflip: Annotated[
         Optional[bool], typer.Option("--hflip/--no-hflip", help="Random flips (default: each preset's).")
+    ] = None,
+    noise: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--noise",
+            help="Where the dequantization noise is drawn (repeatable): cpu (in the data path, as CPU training) "
+            "or device (by the step, as GPU training: batches carry uint8 only). Default: both.",
+        ),
     ] = None,
     translate: Annotated[
         Optional[int], typer.Option("--translate", min=0, help="Random translation, pixels (default: the preset's).")
@@ -304,22 +328,29 @@ def data_cli(
     unknown = [f for f in chosen if f not in bench.FORMATS]
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
+    noise_list = [n.strip() for text in noise or [] for n in text.split(",") if n.strip()] or list(bench.NOISE)
+    bad = [n for n in noise_list if n not in bench.NOISE]
+    if bad:
+        raise typer.BadParameter(f"unknown --noise {bad[0]!r}; choose from {', '.join(bench.NOISE)}")
     folder = Path(root) if root else bench.DEFAULT_ROOT
-    rows = bench.data_rows(
-        chosen,
-        folder,
-        steps=steps,
-        warmup=warmup,
-        batch_size=batch_size,
-        workers_list=workers or [0, 2],
-        sources=sources,
-        cache=cache,
-        seed=seed,
-        images={"imagenet64": imagenet_images, "celeba64": celeba_images},
-        hflip=hflip,
-        translate=translate,
-        repeats=repeats,
-    )
+    with progress_bars("benchmark data", enabled=not json_out) as bars:
+        rows = bench.data_rows(
+            chosen,
+            folder,
+            steps=steps,
+            warmup=warmup,
+            batch_size=batch_size,
+            workers_list=workers or [0, 2],
+            sources=sources,
+            cache=cache,
+            seed=seed,
+            images={"imagenet64": imagenet_images, "celeba64": celeba_images},
+            hflip=hflip,
+            translate=translate,
+            repeats=repeats,
+            noise_list=noise_list,
+            progress=bars,
+        )
     extra = {
         "pss": bench.pss_rows(folder, imagenet_images) if pss and "imagenet64" in chosen else [],
         "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)

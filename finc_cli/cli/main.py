@@ -36,7 +36,6 @@ app = typer.Typer(
     help="FInC Flow: train, evaluate, sample and invert normalizing flows with fast invertible k×k convolutions.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -73,6 +72,10 @@ DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 BackendOpt = Annotated[
     Optional[str], typer.Option("--backend", help="FInC inverse backend: auto, wavefront, native, cupy, reference.")
+]
+ScaleOpt = Annotated[
+    Optional[int],
+    typer.Option("--scale", min=1, help="Integer upscale, nearest neighbour (default: a grid at least 512 px wide)."),
 ]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
 CacheDirOpt = Annotated[
@@ -140,6 +143,9 @@ def train_cli(
     ] = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="train.tensorboard: also log to RUN_DIR/tensorboard.")
+    ] = False,
 ) -> None:
     """Train a FInC Flow from a preset; writes config.yaml, metrics.jsonl, last.pt, best.pt, samples/."""
 
@@ -158,6 +164,7 @@ def train_cli(
         "data.num_workers": num_workers,
         "train.precision": precision.value if precision else None,
         "train.accumulate": accumulate,
+        "train.tensorboard": True if tensorboard else None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_preset(preset, overrides)
@@ -265,13 +272,22 @@ app.command("bpd", help="Alias of evaluate: bits per dimension over a split.")(e
 @handle_errors
 def sample_cli(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
-    n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
+    n: Annotated[
+        Optional[int],
+        typer.Option("-n", "--num", help="Number of samples (per temperature row with a list; default 64, 8 per row)."),
+    ] = None,
     out: Annotated[
         str, typer.Option("--out", "-o", help="PNG grid path (a directory with --individual).")
     ] = "samples.png",
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Prior temperature T > 0.")] = 1.0,
+    temperature: Annotated[
+        str,
+        typer.Option(
+            "--temperature", "-t", help="Prior temperature T >= 0, or a list (0,0.5,0.7,0.85,1): one labelled row each."
+        ),
+    ] = "1",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
     nrow: Annotated[Optional[int], typer.Option("--nrow", min=1, help="Images per grid row.")] = None,
+    scale: ScaleOpt = None,
     individual: Annotated[
         bool, typer.Option("--individual", help="One PNG per sample in the --out directory.")
     ] = False,
@@ -280,7 +296,7 @@ def sample_cli(
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Sample images and write a PNG grid; reports the sampling time."""
+    """Sample images and write a PNG grid (one labelled row per temperature); reports the sampling time."""
     from finc_cli.sample import sample
 
     result = sample(
@@ -294,13 +310,16 @@ def sample_cli(
         device.value,
         backend,
         weights.value if weights else None,
+        scale,
     )
     if json_out:
         emit_json(result)
     else:
+        temps = ",".join(f"{t:g}" for t in result["temperatures"])
         console.print(
             f"wrote {result['n']} samples to {result['out']} in {result['sampling_seconds']:.3f} s "
-            f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temperature:g})",
+            f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temps}, seed {result['seed']}, "
+            f"scale {result['scale']}x)",
             highlight=False,
         )
 
@@ -328,7 +347,11 @@ def invert_cli(
     latents: Annotated[
         Optional[str], typer.Option("--latents", help="Decode latents from FILE instead of encoding.")
     ] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG grid of the decoded images.")] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option("--out", "-o", help="PNG grid: originals above their reconstructions (with --latents: decoded)."),
+    ] = None,
+    scale: ScaleOpt = None,
     threshold: Annotated[
         Optional[float], typer.Option("--threshold", help="Flag k×k convolutions whose error exceeds this.")
     ] = None,
@@ -336,24 +359,28 @@ def invert_cli(
     json_out: JsonOpt = False,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
+    from finc_cli.cli.progress import progress_bars
     from finc_cli.invert import invert
 
-    result = invert(
-        checkpoint,
-        images,
-        split.value,
-        limit,
-        data_dir,
-        device.value,
-        backend,
-        save_latents,
-        latents,
-        out,
-        threshold,
-        cache_dir,
-        _note,
-        weights.value if weights else None,
-    )
+    with progress_bars("inverting", enabled=not json_out and not latents) as bars:
+        result = invert(
+            checkpoint,
+            images,
+            split.value,
+            limit,
+            data_dir,
+            device.value,
+            backend,
+            save_latents,
+            latents,
+            out,
+            threshold,
+            cache_dir,
+            _note,
+            weights.value if weights else None,
+            progress=bars,
+            scale=scale,
+        )
     if json_out:
         emit_json(result)
         return
@@ -393,10 +420,16 @@ def _render_invert(result: dict) -> None:
 from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)
 from finc_cli.cli.compare import register as _register_compare  # noqa: E402 (needs `app`)
 from finc_cli.cli.data import register as _register_data  # noqa: E402 (needs `app`)
+from finc_cli.cli.interpolate import register as _register_interpolate  # noqa: E402 (needs `app`)
+from finc_cli.cli.presets import register as _register_presets  # noqa: E402 (needs `app`)
+from finc_cli.cli.report import register as _register_report  # noqa: E402 (needs `app`)
 
 _register_benchmark(app)
 _register_data(app)
 _register_compare(app)
+_register_interpolate(app)
+_register_presets(app)
+_register_report(app)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -10,6 +11,7 @@ from finc_cli.cli.common import err_console
 
 __all__ = [
     "count_progress",
+    "progress_bars",
     "RichReporter",
 ]
 
@@ -87,3 +89,24 @@ def count_progress(description: str) -> Callable[[int], Callable[[int], None]]:
         return advance
 
     return factory
+
+
+@contextlib.contextmanager
+def progress_bars(description: str, enabled: bool = True) -> Iterator[Optional[Callable[[int], Callable[[int], None]]]]:
+    """count_progress's factory (None when not enabled) whose bars also close when the block ends
+    early, so an error's one line is not followed by a bar still drawing.
+    """
+    started: list[Progress] = []
+
+    def factory(total: int) -> Callable[[int], None]:
+        progress = _progress()
+        progress.start()
+        started.append(progress)
+        task = progress.add_task(description, total=total, stats="", rate="")
+        return lambda n: progress.update(task, advance=n)
+
+    try:
+        yield factory if enabled else None
+    finally:
+        for progress in started:
+            progress.stop()

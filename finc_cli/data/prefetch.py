@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -72,7 +72,8 @@ class Prefetcher:
             try:
                 item: object = make(step)
                 if pin:
-                    item = StepBatch(item.step, item.images.pin_memory(), item.noise.pin_memory())
+                    noise = item.noise.pin_memory() if item.noise is not None else None
+                    item = StepBatch(item.step, item.images.pin_memory(), noise)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 item = exc
             while not self._stopping.is_set():
@@ -108,7 +109,8 @@ class Prefetcher:
             pass
 
 
-def to_device(batch: StepBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, noise) on `device`; non-blocking from pinned memory."""
+def to_device(batch: StepBatch, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(images, noise) on `device` (noise None when the batch carries none); non-blocking from pinned memory."""
     non_blocking = device.type == "cuda"
-    return batch.images.to(device, non_blocking=non_blocking), batch.noise.to(device, non_blocking=non_blocking)
+    noise = batch.noise.to(device, non_blocking=non_blocking) if batch.noise is not None else None
+    return batch.images.to(device, non_blocking=non_blocking), noise

@@ -16,7 +16,7 @@ from finc_cli import distributed as dist_utils
 from finc_cli import errors
 from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
 from finc_cli.config import Config, changed_keys, check_resume_overrides, config_from_dict, save_config
-from finc_cli.data.batches import batch_indices, fetch, step_batch
+from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
@@ -35,6 +35,7 @@ from finc_cli.train.run_dir import (
 )
 from finc_cli.train.state import TrainState, checkpoint_payload, params_digest, params_finite, restore
 from finc_cli.train.step import build_optimizer, nonfinite_reason, train_step
+from finc_cli.train.tensorboard import TensorBoardLogger, require_tensorboard
 
 __all__ = ["MAX_ROLLBACKS", "Reporter", "Trainer", "TrainingInterrupted", "train"]
 
@@ -120,6 +121,12 @@ def train(
         return trainer.run()
 
 
+def _step_draws_noise(device: torch.device) -> bool:
+    """Whether the step draws its dequantization noise on the device (off the CPU data path) or the prefetcher
+    draws it ahead on the CPU: the same values either way (docs/training.md §4)."""
+    return device.type != "cpu"
+
+
 class Trainer:
     """One run of `train`: __init__ checks inputs, builds, resumes, then writes; run() trains.
 
@@ -140,6 +147,7 @@ class Trainer:
         held: Optional[contextlib.ExitStack] = None,
     ):
         self.out, self.reporter = out, reporter
+        self.tb: Optional[TensorBoardLogger] = None  # train.tensorboard, rank 0
         self.held = held if held is not None else contextlib.ExitStack()
         self.locked = False
         self.metrics_path = out / "metrics.jsonl"
@@ -150,6 +158,8 @@ class Trainer:
         self.changes = changed_keys(config_from_dict(data["config"]), self.cfg) if data is not None else []
         self.t = self.cfg.train
         self._check_batch_size()
+        if self.t.tensorboard:
+            require_tensorboard()  # a missing optional package fails before anything is written
         self._load_data()
         self._build_model()
         self.fresh = data is None
@@ -164,6 +174,8 @@ class Trainer:
                 self._log_line(
                     {"step": self.state.step, "event": "config_changed", "key": key, "from": before, "to": after}
                 )
+            if self.t.tensorboard:
+                self.tb = TensorBoardLogger(out, self.state.step, self.fresh, self.t.batch_size)
         self._prepare_loop()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -268,6 +280,8 @@ class Trainer:
                     self.last_eval = self._evaluate(log=self.start_step == 0)  # a resumed run logged this step already
         finally:
             self.batches.close()
+            if self.tb is not None:
+                self.tb.close()
             self.reporter.stop()
             dist_utils.barrier()
             if self.ctx.owns_group:
@@ -278,7 +292,13 @@ class Trainer:
         """This process's batches for the remaining steps, assembled ahead (data.num_workers processes, or a thread)."""
         t, ctx = self.t, self.ctx
         make = partial(
-            step_batch, self.train_ds, seed=t.seed, batch_size=t.batch_size, rank=ctx.rank, world=ctx.world_size
+            step_batch,
+            self.train_ds,
+            seed=t.seed,
+            batch_size=t.batch_size,
+            rank=ctx.rank,
+            world=ctx.world_size,
+            noise=not _step_draws_noise(self.device),
         )
         pin = self.device.type == "cuda"
         return Prefetcher(make, self.state.step, t.steps, workers=self.cfg.data.num_workers, pin=pin)
@@ -287,6 +307,9 @@ class Trainer:
         """One optimizer update, then whatever falls due after it, in a fixed order."""
         t0 = time.perf_counter()
         images, noise = to_device(self.batches.get(self.state.step), self.device)
+        if noise is None:
+            shape = (self.t.batch_size, *self.model.image_shape)
+            noise = step_noise(self.t.seed, self.state.step, shape, self.ctx.rank, self.ctx.world_size, self.device)
         t1 = time.perf_counter()
         stats = train_step(self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx)
         if self.ema is not None and not stats["skipped"]:
@@ -309,6 +332,8 @@ class Trainer:
         if self.ctx.is_main and self._due(self.t.sample_every):
             with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
                 _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
+            if self.tb is not None:
+                self.tb.sample_grid(self.out / "samples" / f"step_{self.state.step:07d}.png", self.state.step)
         periodic = self._due(self.t.checkpoint_every)
         if periodic:
             self._save("last.pt", periodic=True)
@@ -351,6 +376,8 @@ class Trainer:
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
             health = self.model.reconstruction_report(self.probe) if self.model.invertible_convs() else []
+            if self.tb is not None and log:
+                self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
         record = {
             "step": state.step,
@@ -415,6 +442,8 @@ class Trainer:
     def _log_line(self, record: dict) -> None:
         if self.ctx.is_main:
             append_metrics(self.metrics_path, record)
+        if self.tb is not None:
+            self.tb.record(record)
 
     def _summary(self) -> dict[str, Any]:
         state = self.state
