@@ -14,6 +14,7 @@ from finc_cli.data.preprocess import LogitPreprocess, dequantize, quantize
 from finc_cli.errors import ConfigError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
+from finc_cli.flows.convolutions import conv_kind, make_conv
 from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.dequantizer import VariationalDequantizer
 from finc_cli.flows.finc_conv import FInCConv2d
@@ -45,7 +46,7 @@ def check_architecture(image_shape: Sequence[int], cfg: ModelConfig, name: Optio
             f"got model.levels={cfg.levels}"
         )
     for level, channels in enumerate(level_channels(c, cfg.levels), start=1):
-        if cfg.finc and channels % 4:
+        if cfg.conv == "finc" and channels % 4:
             raise ConfigError(f"level {level} has {channels} channels; the FInC unit needs a multiple of 4")
 
 
@@ -60,10 +61,14 @@ def level_channels(channels: int, levels: int) -> list[int]:
 
 
 def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
-    """FInC unit → ActNorm → 1×1 conv → affine coupling (no FInC unit when cfg.finc is False)."""
+    """k×k conv → ActNorm → 1×1 conv → affine coupling; the k×k conv is cfg.conv's (none: a Glow step).
+
+    The conv is named after its kind ("finc", "emerging", "cinc"): FInC checkpoints keep their keys.
+    """
     layers: OrderedDict = OrderedDict()
-    if cfg.finc:
-        layers["finc"] = FInCConv2d(channels, cfg.kernel_size)
+    conv = make_conv(cfg.conv, channels, cfg.kernel_size)
+    if conv is not None:
+        layers[cfg.conv] = conv
     layers["actnorm"] = ActNorm(channels)
     layers["conv1x1"] = InvConv1x1(channels, lu=cfg.conv1x1 == "lu")
     layers["coupling"] = AffineCoupling(channels, cfg.hidden, cfg.max_log_scale)
@@ -140,6 +145,10 @@ class FlowModel(nn.Module):
 
     def finc_units(self) -> list[tuple[str, FInCConv2d]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, FInCConv2d)]
+
+    def invertible_convs(self) -> list[tuple[str, nn.Module]]:
+        """(name, layer) of every k×k invertible convolution, whichever model.conv chose (none: empty)."""
+        return [(n, m) for n, m in self.named_modules() if conv_kind(m) is not None]
 
     def set_autocast(self, dtype: Optional[torch.dtype]) -> None:
         """Run every coupling conditioner under autocast(dtype), or in full precision with None."""
@@ -249,8 +258,8 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def reconstruction_report(self, x: torch.Tensor) -> list[dict]:
-        """Per FInC unit: invert the unit alone on its recorded output of a forward pass of x."""
-        units = self.finc_units()
+        """Per k×k convolution (FInC, Emerging or CInC): invert it alone on its recorded output of a forward of x."""
+        units = self.invertible_convs()
         records: dict = {}
 
         def record(name):

@@ -26,7 +26,8 @@ def preset_rows() -> list[dict]:
                 "steps": m.steps,
                 "kernel_size": m.kernel_size,
                 "width": m.hidden,
-                "finc": m.finc,
+                "conv": m.conv,
+                "dequantization": m.dequantization,
                 "parameters": _parameter_count(cfg),
             }
         )

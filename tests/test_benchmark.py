@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from finc_cli.bench import layer, model, report, scaling, tables, timing
 from finc_cli.cli.benchmark import register
+from finc_cli.errors import InputError
 
 TINY = dict(repeats=2, warmup=1, threads=1)
 
@@ -80,6 +81,25 @@ def test_model_rows_finc_beside_glow():
         assert r["st_over_ft"] == pytest.approx(r["st_s"] / r["ft_s"])
         assert r["steps"] == 1 and r["hidden"] == 8 and r["params"] > 0
     assert rows[1]["st_vs_glow"] == 1.0
+
+
+def test_model_rows_every_conv_with_its_inverse_backend():
+    convs = ["finc", "emerging", "cinc", "none"]
+    rows = model.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [2], ["wavefront"], convs=convs, **TINY)
+    assert [(r["model"], r["conv"], r["backend"]) for r in rows] == [
+        ("finc", "finc", "wavefront"),
+        ("emerging", "emerging", "raster"),
+        ("cinc", "cinc", "raster"),
+        ("glow", "none", "-"),
+    ]
+    assert rows[0]["st_vs_finc"] == 1.0 and rows[-1]["st_vs_glow"] == 1.0
+    for r in rows:
+        assert all(_positive(r[k]) for k in ("ft_s", "st_s", "st_over_ft", "st_vs_glow", "st_vs_finc"))
+        assert r["inverse"] and r["kernel_size"] == 3
+    params = {r["conv"]: r["params"] for r in rows}
+    assert params["none"] < params["finc"] < params["cinc"] < params["emerging"]  # k×k taps: C²k²/4, C²k², 2C²k²
+    with pytest.raises(InputError, match="unknown convolution 'macow'"):
+        model.model_rows("digits", {"model.steps": 1}, [2], convs=["finc,macow"], **TINY)
 
 
 def test_scaling_rows_and_fits():
@@ -164,6 +184,17 @@ def test_cli_layer_json_is_one_object(tmp_path):
     assert set(data) == {"env", "rows"} and data["env"]["threads"] == 1
     assert {r["layer"] for r in data["rows"]} == {"finc", "emerging", "cinc", "glow"}
     assert csv_path.read_text().splitlines()[0].startswith("layer,backend,B,C,H,W,k")
+
+
+def test_cli_model_conv_option_json_and_errors():
+    tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    args = ["benchmark", "model", "--preset", "digits", "--batch-size", "2", *tiny]
+    result = CliRunner().invoke(_app(), [*args, "--conv", "cinc,finc", "--conv", "glow", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["model"], r["backend"] != "-") for r in rows] == [("cinc", True), ("finc", True), ("glow", False)]
+    bad = CliRunner().invoke(_app(), [*args, "--conv", "finc,macow"])
+    assert bad.exit_code == 2 and "unknown convolution 'macow'" in bad.output
 
 
 def test_cli_model_and_scaling_render_tables():

@@ -180,7 +180,7 @@ def test_build_model_uses_dataset_info():
 
 def test_glow_baseline_without_finc_units():
     torch.manual_seed(0)
-    glow = _randomize(FlowModel((1, 8, 8), 17, _cfg(levels=2, steps=2, finc=False)))
+    glow = _randomize(FlowModel((1, 8, 8), 17, _cfg(levels=2, steps=2, conv="none")))
     finc = FlowModel((1, 8, 8), 17, _cfg(levels=2, steps=2))
     assert glow.finc_units() == [] and not any(isinstance(m, FInCConv2d) for m in glow.modules())
     assert glow.num_parameters() < finc.num_parameters()

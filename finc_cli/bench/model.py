@@ -1,6 +1,7 @@
 """Model benchmark: forward time FT (bits/dim) and sampling time ST of a preset's architecture.
 
-FInC beside the same-depth Glow (no FInC units); the paper's published FT/ST table for comparison.
+One model per `model.conv` (FInC, Emerging, CInC, and the same-depth Glow with none), all else
+equal; the paper's published FT/ST table for comparison.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from finc_cli import inverse as inverse_seam
 from finc_cli.bench.layer import finc_backends
 from finc_cli.bench.timing import num_threads, resolve, summarize, time_interleaved
 from finc_cli.errors import InputError
+from finc_cli.flows.convolutions import INVERSE_SCHEDULES
 
-__all__ = ["PAPER_TABLE", "model_rows", "paper_rows"]
+__all__ = ["MODEL_NAMES", "PAPER_TABLE", "model_rows", "paper_rows", "parse_convs"]
+
+# model.conv -> the row's model name ("glow" for no k×k conv, as the paper calls it).
+MODEL_NAMES = {"finc": "finc", "emerging": "emerging", "cinc": "cinc", "none": "glow"}
 
 # The paper's table (seconds for 100 images; GPU not stated). None: not reported.
 PAPER_TABLE = (
@@ -71,6 +76,20 @@ def paper_rows() -> list[dict]:
     return [{**r, "st_over_ft": r["st_s"] / r["ft_s"]} for r in PAPER_TABLE]
 
 
+def parse_convs(convs: Iterable[str]) -> list[str]:
+    """Conv names from repeatable or comma-separated values ("finc,emerging"; "glow" means "none"), in order."""
+    out = []
+    for item in convs:
+        for name in (n.strip() for n in str(item).split(",")):
+            name = "none" if name == "glow" else name
+            if name not in MODEL_NAMES:
+                raise InputError(f"unknown convolution '{name}'; choose from finc, emerging, cinc, none")
+            out += [name] if name and name not in out else []
+    if not out:
+        raise InputError("give at least one convolution, e.g. --conv finc,emerging,cinc,none")
+    return out
+
+
 def model_rows(
     preset: str = "cifar10",
     overrides: Optional[dict] = None,
@@ -82,15 +101,18 @@ def model_rows(
     warmup: int = 1,
     threads: int = 2,
     temperature: float = 1.0,
-    glow: bool = True,
+    convs: Iterable[str] = ("finc", "none"),
     seed: int = 0,
     progress: Optional[Callable] = None,
 ) -> list[dict]:
-    """FT (the bits/dim forward, model(x), of a uint8 batch) and ST (model.sample) per batch size, FInC and Glow.
+    """FT (the bits/dim forward, model(x), of a uint8 batch) and ST (model.sample) per batch size and conv.
 
-    Rows: one per (batch, FInC inverse backend) plus one Glow row per batch. Keys: model, backend,
-    preset, levels, steps, hidden, kernel_size, params, batch, dtype, device, ft_s, ft_q1_s,
-    ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without the Glow model).
+    Rows: per batch, one per FInC inverse backend, then one per other conv in `convs` order. Keys:
+    model (finc, emerging, cinc, glow), conv, backend (the FInC backend, "raster" for Emerging and
+    CInC, whose inverses follow their published raster schedules, "-" for Glow), inverse (how the
+    inverse ran, in words), preset, levels, steps, hidden, kernel_size, params, batch, dtype,
+    device, ft_s, ft_q1_s, ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without
+    the Glow model), st_vs_finc (None without FInC; against FInC's first backend).
     Random weights (timing only), ActNorm initialised on one random batch. `progress(total)`
     may return a callback advanced once per batch size.
     """
@@ -99,9 +121,7 @@ def model_rows(
 
     dev, dt = resolve(device, dtype)
     overrides = dict(overrides or {})
-    cfgs = {"finc": load_preset(preset, {**overrides, "model.finc": True})}
-    if glow:
-        cfgs["glow"] = load_preset(preset, {**overrides, "model.finc": False})
+    cfgs = {MODEL_NAMES[c]: load_preset(preset, {**overrides, "model.conv": c}) for c in parse_convs(convs)}
     names = finc_backends(backends, dev)
     rows = []
     batch_sizes = list(batch_sizes)
@@ -144,6 +164,7 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
             variants[(kind, b, "st")] = lambda m=model, b=b: _sample_on(m, b, batch, temperature, gen.manual_seed(seed))
     times = time_interleaved(variants, repeats, warmup, device)
     glow_st = statistics.median(times[("glow", None, "st")]) if "glow" in models else None
+    finc_st = statistics.median(times[("finc", backends[0], "st")]) if "finc" in models and backends else None
     rows = []
     for (kind, backend, what), samples in times.items():
         if what != "st":
@@ -152,7 +173,9 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
         rows.append(
             {
                 "model": kind,
-                "backend": backend or "-",
+                "conv": cfgs[kind].model.conv,
+                "backend": backend or ("raster" if kind in ("emerging", "cinc") else "-"),
+                "inverse": INVERSE_SCHEDULES[cfgs[kind].model.conv],
                 "preset": preset,
                 "levels": m.levels,
                 "steps": m.steps,
@@ -170,6 +193,7 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
                 "st_q3_s": st["q3"],
                 "st_over_ft": st["median"] / ft["median"],
                 "st_vs_glow": None if glow_st is None else st["median"] / glow_st,
+                "st_vs_finc": None if finc_st is None else st["median"] / finc_st,
                 "repeats": st["n"],
             }
         )

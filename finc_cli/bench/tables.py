@@ -63,6 +63,7 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("ST IQR", ("st_q1_s", "st_q3_s"), ".2g"),
         ("ST/FT", "st_over_ft", ".2f"),
         ("ST ÷ Glow ST", "st_vs_glow", ".2f"),
+        ("ST ÷ FInC ST", "st_vs_finc", ".2f"),
     ],
     "paper": [
         ("dataset", "dataset", "s"),

@@ -154,7 +154,11 @@ def model_cli(
         Optional[list[str]],
         typer.Option("--backend", help="FInC inverse backend for sampling (repeatable; default auto)."),
     ] = None,
-    no_glow: Annotated[bool, typer.Option("--no-glow", help="Skip the same-depth Glow model.")] = False,
+    convs: Annotated[
+        Optional[list[str]],
+        typer.Option("--conv", help="Convolutions to time: finc, emerging, cinc, none (comma-separated or repeated)."),
+    ] = None,
+    no_glow: Annotated[bool, typer.Option("--no-glow", help="Skip the same-depth Glow model (conv none).")] = False,
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature.")] = 1.0,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
@@ -164,8 +168,11 @@ def model_cli(
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
-    """FT (forward, bits/dim) and ST (sampling) of a preset's FInC model beside the same-depth Glow, and the paper's."""
-    from finc_cli.bench.model import model_rows, paper_rows
+    """FT (forward, bits/dim) and ST (sampling) of a preset's model per convolution (default FInC and Glow), and
+    the paper's. Emerging and CInC invert in their published raster schedules; the `inverse` column says which."""
+    from finc_cli.bench.model import model_rows, paper_rows, parse_convs
+
+    chosen = [c for c in parse_convs(convs or ["finc,none"]) if not (no_glow and c == "none")]
 
     with progress_bars("benchmark model", enabled=not json_out) as bars:
         rows = model_rows(
@@ -179,7 +186,7 @@ def model_cli(
             warmup,
             threads,
             temperature,
-            not no_glow,
+            chosen,
             progress=bars,
         )
     env = _environment(rows, device, threads, dtype)

@@ -353,12 +353,12 @@ def invert_cli(
     ] = None,
     scale: ScaleOpt = None,
     threshold: Annotated[
-        Optional[float], typer.Option("--threshold", help="Flag FInC units whose error exceeds this.")
+        Optional[float], typer.Option("--threshold", help="Flag k×k convolutions whose error exceeds this.")
     ] = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Encode and decode exactly; report reconstruction error per FInC unit and timings."""
+    """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
     from finc_cli.cli.progress import progress_bars
     from finc_cli.invert import invert
 
@@ -393,7 +393,7 @@ def invert_cli(
 def _render_invert(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"per FInC unit reconstruction error (flag > {result['threshold']:g})")
+    table = Table(title=f"per k×k convolution reconstruction error (flag > {result['threshold']:g})")
     for col in ("layer", "max abs err", "mean abs err", "flag"):
         table.add_column(col)
     for row in result["layers"]:
@@ -413,11 +413,12 @@ def _render_invert(result: dict) -> None:
     )
     if result["flagged_layers"]:
         err_console.print(
-            f"warning: {len(result['flagged_layers'])} FInC unit(s) exceed the threshold", highlight=False
+            f"warning: {len(result['flagged_layers'])} convolution(s) exceed the threshold", highlight=False
         )
 
 
 from finc_cli.cli.benchmark import register as _register_benchmark  # noqa: E402 (needs `app`)
+from finc_cli.cli.compare import register as _register_compare  # noqa: E402 (needs `app`)
 from finc_cli.cli.data import register as _register_data  # noqa: E402 (needs `app`)
 from finc_cli.cli.interpolate import register as _register_interpolate  # noqa: E402 (needs `app`)
 from finc_cli.cli.presets import register as _register_presets  # noqa: E402 (needs `app`)
@@ -425,6 +426,7 @@ from finc_cli.cli.report import register as _register_report  # noqa: E402 (need
 
 _register_benchmark(app)
 _register_data(app)
+_register_compare(app)
 _register_interpolate(app)
 _register_presets(app)
 _register_report(app)

@@ -10,13 +10,14 @@ is conservative.
 
 from __future__ import annotations
 
-import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from finc_cli.flows.base import Flow, zeros_logdet
+from finc_cli.flows.conv_init import conv_init_scale
 
 __all__ = [
     "AutoregressiveConv2d",
@@ -36,7 +37,9 @@ class AutoregressiveConv2d(Flow):
     The masked entries hold by construction: the effective kernel is rebuilt on every call.
     """
 
-    def __init__(self, channels: int, kernel_size: int, pads: tuple, reverse: bool = False):
+    def __init__(
+        self, channels: int, kernel_size: int, pads: tuple, reverse: bool = False, init_scale: Optional[float] = None
+    ):
         super().__init__()
         k, (left, right, top, bottom) = kernel_size, pads
         if not isinstance(channels, int) or channels < 1:
@@ -44,7 +47,7 @@ class AutoregressiveConv2d(Flow):
         if not isinstance(kernel_size, int) or k < 1 or left + right != k - 1 or top + bottom != k - 1:
             raise ValueError(f"{type(self).__name__}: pads {pads} do not fit kernel_size {kernel_size}")
         self.channels, self.kernel_size, self.pads, self.reverse = channels, k, tuple(pads), reverse
-        scale = 0.1 / math.sqrt(channels * k * k)  # well conditioned at init, like FInCConv2d
+        scale = init_scale if init_scale is not None else conv_init_scale(channels, k)  # the rule of FInCConv2d
         self.weight = nn.Parameter(torch.randn(channels, channels, k, k) * scale)  # (C_out, C_in, k, k)
         mask, fixed = _raster_mask(channels, k, top, left, reverse)
         self.register_buffer("mask", mask, persistent=False)
@@ -121,9 +124,9 @@ class CInCConv2d(AutoregressiveConv2d):
     solves pixel by pixel in raster order (the predecessor schedule that FInC parallelises).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    def __init__(self, channels: int, kernel_size: int = 3, init_scale: Optional[float] = None):
         p = kernel_size - 1
-        super().__init__(channels, kernel_size, (p, 0, p, 0))
+        super().__init__(channels, kernel_size, (p, 0, p, 0), init_scale=init_scale)
 
 
 class EmergingConv2d(Flow):
@@ -137,12 +140,12 @@ class EmergingConv2d(Flow):
     raster order: two sequential passes of H·W pixel steps.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    def __init__(self, channels: int, kernel_size: int = 3, init_scale: Optional[float] = None):
         super().__init__()
         k, c = kernel_size, kernel_size // 2
         self.channels, self.kernel_size = channels, kernel_size
-        self.first = AutoregressiveConv2d(channels, k, (c, k - 1 - c, c, k - 1 - c), reverse=False)
-        self.second = AutoregressiveConv2d(channels, k, (k - 1 - c, c, k - 1 - c, c), reverse=True)
+        self.first = AutoregressiveConv2d(channels, k, (c, k - 1 - c, c, k - 1 - c), False, init_scale)
+        self.second = AutoregressiveConv2d(channels, k, (k - 1 - c, c, k - 1 - c, c), True, init_scale)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"

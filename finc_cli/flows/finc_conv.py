@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from finc_cli import inverse as inverse_seam
 from finc_cli.flows.base import Flow, zeros_logdet
+from finc_cli.flows.conv_init import conv_init_scale
 
 __all__ = [
     "finc_conv2d",
@@ -58,7 +58,7 @@ class FInCConv2d(Flow):
         self.channels, self.kernel_size = channels, kernel_size
         cg, k = channels // 4, kernel_size
         # Small off-centre weights keep the triangular solve well conditioned at init (docs/finc_unit.md §6).
-        scale = init_scale if init_scale is not None else 0.1 / math.sqrt(cg * k * k)
+        scale = init_scale if init_scale is not None else conv_init_scale(cg, k)
         self.weight = nn.Parameter(torch.randn(4, cg, cg, k, k) * scale)  # (4, C'out, C'in, k, k)
         mask = torch.ones(cg, cg, k, k)
         mask[:, :, k - 1, k - 1] = torch.tril(torch.ones(cg, cg), diagonal=-1)  # learn below the diagonal only

@@ -20,6 +20,7 @@ from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
+from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.locking import exclusive_lock
 from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
@@ -369,12 +370,12 @@ class Trainer:
     # -- evaluation, checkpoints, the metrics log --------------------------------------------------
 
     def _evaluate(self, log: bool = True) -> dict:
-        """Validation bits/dim and the FInC reconstruction health check (of the EMA weights when kept);
+        """Validation bits/dim and the k×k convolutions' reconstruction health check (of the EMA weights when kept);
         best.pt when it improved."""
         t, state = self.t, self.state
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
-            health = self.model.reconstruction_report(self.probe) if self.model.finc_units() else []
+            health = self.model.reconstruction_report(self.probe) if self.model.invertible_convs() else []
             if self.tb is not None and log:
                 self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
@@ -387,8 +388,8 @@ class Trainer:
         if not worst <= t.health_threshold:  # NaN included
             record["health_warning"] = True
             self.reporter.log(
-                f"warning: FInC reconstruction error {worst:.2e} exceeds {t.health_threshold:g} "
-                f"at step {state.step}; sampling may break"
+                f"warning: {CONV_LABELS[self.cfg.model.conv]} reconstruction error {worst:.2e} "
+                f"exceeds {t.health_threshold:g} at step {state.step}; sampling may break"
             )
         if log:
             self._log_line(record)

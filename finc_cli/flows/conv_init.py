@@ -1,0 +1,17 @@
+"""The one initialisation rule shared by every invertible k×k convolution (FInC, Emerging, CInC)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["conv_init_scale"]
+
+
+def conv_init_scale(fan_in: int, kernel_size: int) -> float:
+    """Std of the raw weight: 0.1 / sqrt(fan_in · k²), with fan_in the input channels one output reads.
+
+    Small off-centre taps keep each triangular solve well conditioned at init (docs/finc_unit.md §6),
+    and one rule for every convolution keeps `finc compare` fair (docs/model.md §10). The centre
+    diagonal is fixed to 1 on top of this, so every convolution starts near the identity.
+    """
+    return 0.1 / math.sqrt(fan_in * kernel_size * kernel_size)
