@@ -54,7 +54,14 @@ NOISE = ("cpu", "device")
 # Official training images per synthetic set: MNIST's, CIFAR-10's and CelebA's real counts; 100k for ImageNet64.
 DEFAULT_IMAGES = {"mnist": 60_000, "cifar10": 50_000, "imagenet32": 100_000, "imagenet64": 100_000, "celeba64": 162_770}
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "finc-bench-data"
-SMALL_MODEL = {"model.levels": 2, "model.steps": 1, "model.hidden": 16}
+# A short step, so that the data share is visible: no learned dequantizer and no weight average either.
+SMALL_MODEL = {
+    "model.levels": 2,
+    "model.steps": 1,
+    "model.hidden": 16,
+    "model.dequantization": "uniform",
+    "train.ema_decay": 0.0,
+}
 SYNTHETIC_VERSION = 1
 JPEG_QUALITY = 90  # with the noise of `_pixels`: ~10 KB per 178×218 image, as CelebA's aligned JPEGs
 CHUNK = 512  # images generated at a time
