@@ -10,7 +10,9 @@ from typing import Any, Callable, Optional, Union
 
 from finc_cli.errors import FincError, RunDirError
 
-__all__ = ["PANELS", "read_metrics", "report", "summarize"]
+__all__ = ["PANELS", "read_metrics", "REPORT_FILE", "report", "summarize"]
+
+REPORT_FILE = "report.png"  # the default picture, in the run directory
 
 # The report's panels, left to right and top to bottom: the titles the figure's axes carry.
 PANELS = (
@@ -309,7 +311,7 @@ def report(
 
     run = Path(run_dir)
     _check_run(run)
-    out_path = Path(out) if out is not None else run / "report.png"
+    out_path = Path(out) if out is not None else run / REPORT_FILE
     check_output_file(out_path)
     advance = progress(_STAGES) if progress is not None else (lambda n: None)
 

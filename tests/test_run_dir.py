@@ -199,3 +199,18 @@ def test_readers_are_not_blocked_by_a_writer(tmp_path):
         assert _invoke("bpd", run / "best.pt", "--split", "val", "--json").exit_code == 0
         assert _invoke("sample", run / "last.pt", "-n", 2, "--out", tmp_path / "s.png").exit_code == 0
         assert _invoke("invert", run / "last.pt", "--limit", 4, "--json").exit_code == 0
+
+
+def test_a_fresh_run_drops_the_old_runs_report_and_tensorboard_events(tmp_path):
+    from finc_cli.train.run_dir import clean_run_dir
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old")
+    (out / "report.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    clean_run_dir(out, fresh=False)  # a resumed run keeps them
+    assert (out / "report.png").exists() and (out / "tensorboard" / "events.out.tfevents.1").exists()
+    clean_run_dir(out, fresh=True)
+    assert not (out / "report.png").exists() and not (out / "tensorboard").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # files finc did not write stay

@@ -75,6 +75,12 @@ def clean_run_dir(out: Path, fresh: bool) -> None:
         remove_stale_temporaries(out, name)  # left by a process killed mid-write
         if fresh:
             (out / name).unlink(missing_ok=True)
+    if fresh:  # what the old run's report and TensorBoard showed is no longer this run
+        from finc_cli.report import REPORT_FILE
+        from finc_cli.train.tensorboard import LOG_DIR
+
+        (out / REPORT_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out / LOG_DIR, ignore_errors=True)
 
 
 def step_checkpoints(out: Path) -> list[Path]:
