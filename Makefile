@@ -30,7 +30,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/finc train --preset digits --out runs/digits --force
 	$(BIN)/finc sample runs/digits/best.pt -n 64 --out runs/digits/samples.png --seed 0
-	$(BIN)/finc bpd runs/digits/best.pt --split test
+	$(BIN)/finc bpd runs/digits/best.pt --split test --samples 64
 	$(BIN)/finc report runs/digits --out runs/digits/report.png
 
 # CPU benchmarks; regenerates the tables in BENCHMARKS.md.
