@@ -7,12 +7,15 @@ import json
 import math
 import os
 import sys
+from enum import Enum
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 
 __all__ = [
+    "Split",
+    "Weights",
     "debug_enabled",
     "DEBUG_ENV",
     "emit_json",
@@ -137,3 +140,18 @@ def render_table(title: str, data: dict, keys: Optional[list[str]] = None) -> No
             value = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
         table.add_row(key, str(value))
     console.print(table)
+
+
+class Split(str, Enum):
+    """A dataset split, as the commands' --split options take it."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class Weights(str, Enum):
+    """Which weights of a checkpoint a command uses: the EMA average or the raw ones."""
+
+    ema = "ema"
+    raw = "raw"

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, err_console, handle_errors
+from finc_cli.cli.common import Split, Weights, console, emit_json, err_console, handle_errors
 
 __all__ = ["interpolate_cli", "Mode", "register"]
 
@@ -15,17 +15,6 @@ __all__ = ["interpolate_cli", "Mode", "register"]
 class Mode(str, Enum):
     linear = "linear"
     spherical = "spherical"
-
-
-class PairSplit(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
-class Weights(str, Enum):
-    ema = "ema"
-    raw = "raw"
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +36,7 @@ def interpolate_cli(
     steps: Annotated[int, typer.Option("--steps", help="Frames per pair, both ends included (>= 2).")] = 8,
     mode: Annotated[Mode, typer.Option("--mode", help="linear, or spherical (slerp) in every latent.")] = Mode.linear,
     split: Annotated[
-        Optional[PairSplit], typer.Option("--split", help="Take pairs from this split instead of image files.")
+        Optional[Split], typer.Option("--split", help="Take pairs from this split instead of image files.")
     ] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="With --split: how many pairs (the first 2N images).")] = 4,
     scale: Annotated[

@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli import __version__
-from finc_cli.cli.common import console, emit_json, err_console, handle_errors, parse_sets, render_table, state
+from finc_cli.cli.common import (
+    Split,
+    Weights,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    parse_sets,
+    render_table,
+    state,
+)
 
 __all__ = [
     "Device",
@@ -40,21 +50,10 @@ app = typer.Typer(
 )
 
 
-class Split(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Weights(str, Enum):
-    ema = "ema"
-    raw = "raw"
 
 
 WeightsOpt = Annotated[
