@@ -12,24 +12,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_run import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
 from finc_cli.checkpoint import read_checkpoint
-from finc_cli.cli.main import app
 
 # Tiny: one flow step per level, width-8 couplings, three optimizer steps (~1 s on a CPU core).
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 FLAGS = ["--lr", "0.002", "--seed", "7", "--set", "train.log_every=1", "--set", "train.eval_every=2"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def metrics(run: Path) -> list[dict]:

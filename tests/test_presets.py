@@ -6,19 +6,9 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from cli_run import invoke, ok
 
-from finc_cli.cli.main import app
 from finc_cli.config import list_presets, load_preset
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.fixture(scope="module")

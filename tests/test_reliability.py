@@ -19,27 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
 import finc_cli.train as train_mod
 from finc_cli.checkpoint import read_checkpoint, save_checkpoint
-from finc_cli.cli.main import app
 from finc_cli.config import load_preset
 from finc_cli.model import FlowModel
 from finc_cli.train.step import lr_factor
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 TINY_OVERRIDES = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16}
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def one_line_error(result, code: int = 2, *words: str) -> str:

@@ -9,23 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_run import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
-from finc_cli.cli.main import app
 from finc_cli.report import PANELS, read_metrics, report, summarize
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.fixture(scope="module")

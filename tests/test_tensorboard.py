@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
 
 from finc_cli.checkpoint import read_checkpoint
-from finc_cli.cli.main import app
 from finc_cli.train.tensorboard import LOG_DIR
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--seed", "5"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def events(run: Path):

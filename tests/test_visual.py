@@ -8,22 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import invoke, ok
 from PIL import Image
-from typer.testing import CliRunner
-
-from finc_cli.cli.main import app
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--seed", "7"]
 CELL = 8 + 2  # an 8×8 digit and the 2 px grid padding
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 def bad(result, message: str):
