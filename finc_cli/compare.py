@@ -5,6 +5,12 @@ Every variant gets the same preset, overrides, seed (hence data order) and step 
 `finc train` and is then scored with the functions of `finc bpd`, `finc invert` and
 `finc benchmark model`; its row is written to OUT/<conv>/compare.json, so a rerun skips finished
 variants and resumes an interrupted one from its last.pt.
+
+With several seeds (`--seeds 0,1,2`) each variant trains once per seed, in OUT/<conv>/seed-<s>/, and
+its bits/dim is the mean over seeds ± the standard error over seeds: the spread that retraining
+brings, which one run's standard error over test images does not show. Because a seed fixes the
+data order and noise of every variant alike, FInC is also compared with the best baseline seed by
+seed (a paired difference).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Callable, Iterable, Optional
 
 from finc_cli.errors import ConfigError
 
-__all__ = ["COMPARE_COLUMNS", "compare", "compare_markdown", "variant_row"]
+__all__ = ["COMPARE_COLUMNS", "aggregate_seeds", "compare", "compare_markdown", "parse_seeds", "variant_row"]
 
 ROW_FILE = "compare.json"
 
@@ -24,6 +30,7 @@ ROW_FILE = "compare.json"
 COMPARE_COLUMNS = [
     ("conv", "label", "s"),
     ("test bits/dim", ("bpd", "bpd_stderr"), "±"),
+    ("per seed", "bpd_seeds", "seeds"),
     ("params", "params", ",d"),
     ("train images/s", "train_images_per_s", ".0f"),
     ("FT s", "ft_s", ".3g"),
@@ -34,6 +41,25 @@ COMPARE_COLUMNS = [
     ("max recon err", "max_recon_err", ".1e"),
     ("exact", "exact", "s"),
 ]
+
+
+def parse_seeds(seeds: Iterable) -> list[int]:
+    """Seeds from repeatable or comma-separated values ("0,1,2"), in order, each once; non-negative integers."""
+    out: list[int] = []
+    for item in seeds:
+        for text in (t.strip() for t in str(item).split(",")):
+            if not text:
+                continue
+            try:
+                seed = int(text)
+            except ValueError:
+                raise ConfigError(f"--seeds takes integers, e.g. --seeds 0,1,2; got {text!r}") from None
+            if seed < 0:
+                raise ConfigError(f"--seeds takes non-negative integers, got {seed}")
+            out += [] if seed in out else [seed]
+    if not out:
+        raise ConfigError("give at least one seed, e.g. --seeds 0,1,2")
+    return out
 
 
 def _flat(cfg) -> dict:
@@ -114,13 +140,16 @@ def compare(
     timing: Optional[dict] = None,
     reporter_for: Optional[Callable[[str], object]] = None,
     notify: Optional[Callable[[str], None]] = None,
+    seeds: Optional[Iterable] = None,
 ) -> dict:
     """Train (or resume, or skip) one run per conv in out_dir/<conv>/, score each, write the table.
 
-    Returns {preset, steps, seed, out_dir, rows, best_baseline, finc_within_stderr}; out_dir holds
-    compare.json and compare.md (written atomically after every variant). `timing`: batch, repeats,
-    warmup, threads and recon_images for the FT/ST and reconstruction columns. `reporter_for(conv)`
-    gives the trainer's progress reporter; `notify` gets one-line notes (skips, resumes, data).
+    Returns {preset, steps, seed, seeds, out_dir, rows, runs, best_baseline, finc_within_stderr,
+    finc_minus_best}; out_dir holds compare.json and compare.md (written atomically after every
+    run). `seeds`: train each conv once per seed, in out_dir/<conv>/seed-<s>/ (None: one run with
+    the config's train.seed, in out_dir/<conv>/). `timing`: batch, repeats, warmup, threads and
+    recon_images for the FT/ST and reconstruction columns. `reporter_for(conv)` gives the trainer's
+    progress reporter; `notify` gets one-line notes (skips, resumes, data).
     """
     from finc_cli.bench.model import parse_convs
     from finc_cli.config import load_preset
@@ -129,34 +158,44 @@ def compare(
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     convs = parse_convs(convs)
+    seed_list = None if seeds is None else parse_seeds(seeds)
     timing = {"batch": 100, "repeats": 3, "warmup": 1, "threads": 2, "recon_images": 256, **(timing or {})}
     out, overrides = Path(out_dir), {**(overrides or {}), "train.steps": steps}
+    if seed_list is not None and "train.seed" in overrides:
+        raise ConfigError("give the seeds once: --seeds or --set train.seed, not both")
     if device != "auto":
         overrides["train.device"] = device
-    cfgs = {conv: load_preset(preset, {**overrides, "model.conv": conv}) for conv in convs}  # bad input: fail now
+    # Every (conv, seed) config is built first, so bad input fails before any training.
+    plan = []
+    for conv in convs:
+        for seed in seed_list or [None]:
+            extra = {"model.conv": conv} if seed is None else {"model.conv": conv, "train.seed": seed}
+            run_dir = out / conv if seed is None else out / conv / f"seed-{seed}"
+            plan.append((conv, run_dir, load_preset(preset, {**overrides, **extra})))
+    seed_list = seed_list or [plan[0][2].train.seed]
     say = notify or (lambda _text: None)
-    rows = []
-    for i, (conv, cfg) in enumerate(cfgs.items(), start=1):
-        run_dir = out / conv
+    runs = []
+    for i, (conv, run_dir, cfg) in enumerate(plan, start=1):
+        name = conv if len(seed_list) == 1 and run_dir.name == conv else f"{conv} seed {cfg.train.seed}"
         _check_same_run(run_dir, cfg)
         row = _finished_row(run_dir, steps)
         if row is not None:
-            say(f"[{i}/{len(cfgs)}] {conv}: finished before ({steps} steps), skipped")
+            row = {**row, "seed": row.get("seed", cfg.train.seed)}  # rows written before seeds were recorded
+            say(f"[{i}/{len(plan)}] {name}: finished before ({steps} steps), skipped")
         else:
             resume = "auto" if (run_dir / "last.pt").is_file() else None
             # A directory without last.pt holds nothing resumable (stopped before its first checkpoint): start over.
             force = resume is None and run_dir.is_dir() and any(run_dir.iterdir())
-            say(f"[{i}/{len(cfgs)}] {conv}: {'resuming' if resume else 'training'} in {run_dir}")
+            say(f"[{i}/{len(plan)}] {name}: {'resuming' if resume else 'training'} in {run_dir}")
             reporter = reporter_for(conv) if reporter_for else None
             train(cfg, run_dir, resume=resume, force=force, overrides=_flat(cfg) if resume else None, reporter=reporter)
-            row = variant_row(conv, run_dir, device, timing["recon_images"], notify)
+            row = {**variant_row(conv, run_dir, device, timing["recon_images"], notify), "seed": cfg.train.seed}
             _write_json(run_dir / ROW_FILE, row)
-        rows.append(row)
-        _write_tables(out, preset, steps, cfgs[convs[0]].train.seed, rows)
+        runs.append(row)
+        _write_tables(out, preset, steps, seed_list, runs)
     timed = _timing(out, preset, overrides, convs, device, timing, say)
-    rows = [{**row, **timed[row["conv"]]} for row in rows]
-    _write_tables(out, preset, steps, cfgs[convs[0]].train.seed, rows)
-    return _summary(out, preset, steps, cfgs[convs[0]].train.seed, rows)
+    runs = [{**row, **timed[row["conv"]]} for row in runs]
+    return _write_tables(out, preset, steps, seed_list, runs)
 
 
 def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, timing: dict, say) -> dict:
@@ -202,24 +241,72 @@ def _finished_row(run_dir: Path, steps: int) -> Optional[dict]:
     return row if isinstance(row, dict) and row.get("steps") == steps else None
 
 
-def _summary(out: Path, preset: str, steps: int, seed: int, rows: list[dict]) -> dict:
-    """The rows plus the check of the paper's claim: FInC's test bits/dim at most the best
-    of Emerging and CInC plus that best's standard error."""
+def aggregate_seeds(runs: list[dict]) -> list[dict]:
+    """One row per conv, in first-seen order, from its per-seed rows.
+
+    One seed: that run's row, ± the standard error over test images. Several: bits/dim is the mean
+    over seeds ± the standard error of that mean (sample std over seeds / √n); speed is the median,
+    the reconstruction error the largest, and `exact` holds only if every seed's round trip is exact.
+    """
+    by_conv: dict[str, list[dict]] = {}
+    for row in runs:
+        by_conv.setdefault(row["conv"], []).append(row)
+    rows = []
+    for group in by_conv.values():
+        bpds = [r["bpd"] for r in group]
+        row = {**group[0], "seeds": [r.get("seed") for r in group], "bpd_seeds": bpds}
+        row.pop("seed", None)
+        row.pop("run_dir", None)
+        if len(group) == 1:
+            row.update(bpd_stderr_over="test images", run_dir=group[0].get("run_dir"))
+        else:
+            speeds = [r["train_images_per_s"] for r in group if r.get("train_images_per_s") is not None]
+            row.update(
+                bpd=statistics.fmean(bpds),
+                bpd_stderr=statistics.stdev(bpds) / len(bpds) ** 0.5,
+                bpd_stderr_over="seeds",
+                train_images_per_s=statistics.median(speeds) if speeds else None,
+                max_recon_err=max(r["max_recon_err"] for r in group),
+                max_pixel_err_levels=max(r["max_pixel_err_levels"] for r in group),
+                exact=all(r["exact"] for r in group),
+                run_dirs=[r.get("run_dir") for r in group],
+            )
+        rows.append(row)
+    return rows
+
+
+def _paired(finc: dict, best: dict, runs: list[dict]) -> Optional[dict]:
+    """FInC minus the best baseline, seed by seed (same data order and noise): mean ± stderr over seeds."""
+    bpd = {(r["conv"], r.get("seed")): r["bpd"] for r in runs}
+    diffs = [bpd[("finc", s)] - bpd[(best["conv"], s)] for s in finc["seeds"] if (best["conv"], s) in bpd]
+    if len(diffs) < 2:
+        return None
+    return {"mean": statistics.fmean(diffs), "stderr": statistics.stdev(diffs) / len(diffs) ** 0.5, "n": len(diffs)}
+
+
+def _summary(out: Path, preset: str, steps: int, seeds: list[int], runs: list[dict]) -> dict:
+    """The per-conv rows plus the check of the paper's claim: FInC's test bits/dim at most the best
+    of Emerging and CInC plus that best's standard error (over seeds when there are several)."""
+    rows = aggregate_seeds(runs)
     by_conv = {r["conv"]: r for r in rows}
     baselines = [by_conv[c] for c in ("emerging", "cinc") if c in by_conv]
     best = min(baselines, key=lambda r: r["bpd"], default=None)
-    within = None
+    within, paired = None, None
     if best is not None and "finc" in by_conv:
         finc = by_conv["finc"]
         within = finc["bpd"] <= best["bpd"] + best["bpd_stderr"]
+        paired = _paired(finc, best, runs)
     return {
         "preset": preset,
         "steps": steps,
-        "seed": seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "out_dir": str(out),
         "rows": rows,
+        "runs": runs,
         "best_baseline": best["conv"] if best else None,
         "finc_within_stderr": within,
+        "finc_minus_best": paired,
     }
 
 
@@ -231,17 +318,27 @@ def compare_markdown(result: dict) -> str:
         if spec == "±":
             mean, err = (row.get(k) for k in key)
             return "–" if mean is None else f"{mean:.4f} ± {err:.4f}"
+        if spec == "seeds":
+            return ", ".join(f"{v:.3f}" for v in row.get(key) or [])
         return format_cell(row.get(key), spec)
 
+    seeds = result.get("seeds") or [result["seed"]]
+    columns = [c for c in COMPARE_COLUMNS if len(seeds) > 1 or c[2] != "seeds"]
     lines = [
-        "| " + " | ".join(h for h, _, _ in COMPARE_COLUMNS) + " |",
-        "|" + "---|" * len(COMPARE_COLUMNS),
+        "| " + " | ".join(h for h, _, _ in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    lines += ["| " + " | ".join(cell(r, k, s) for _, k, s in COMPARE_COLUMNS) + " |" for r in result["rows"]]
+    lines += ["| " + " | ".join(cell(r, k, s) for _, k, s in columns) + " |" for r in result["rows"]]
     batch = result["rows"][0].get("timing_batch", "-") if result["rows"] else "-"
+    if len(seeds) > 1:
+        how = (
+            f"seeds {', '.join(map(str, seeds))} (each the same data order for every variant). Test bits/dim of "
+            f"best.pt: mean over the {len(seeds)} seeds ± the standard error over seeds"
+        )
+    else:
+        how = f"seed {seeds[0]} (same data order). Test bits/dim of best.pt ± standard error over test images"
     note = (
-        f"\nPreset {result['preset']}, {result['steps']} training steps per variant, seed {result['seed']} "
-        f"(same data order). Test bits/dim of best.pt ± standard error over test images; FT and ST in seconds "
+        f"\nPreset {result['preset']}, {result['steps']} training steps per variant, {how}; FT and ST in seconds "
         f"for {batch} images; max recon err: largest of the round trip's error (intensity levels) and each "
         "convolution's own inverse error."
     )
@@ -249,6 +346,12 @@ def compare_markdown(result: dict) -> str:
         verdict = "yes" if result["finc_within_stderr"] else "no"
         best = result["best_baseline"]
         note += f" FInC within one standard error of the best of Emerging and CInC ({best}), or better: {verdict}."
+    paired = result.get("finc_minus_best")
+    if paired:
+        note += (
+            f" FInC minus {result['best_baseline']}, seed by seed: {paired['mean']:+.4f} ± {paired['stderr']:.4f} "
+            f"bits/dim over {paired['n']} seeds."
+        )
     return "\n".join(lines) + "\n" + note + "\n"
 
 
@@ -258,9 +361,10 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def _write_tables(out: Path, preset: str, steps: int, seed: int, rows: list[dict]) -> None:
+def _write_tables(out: Path, preset: str, steps: int, seeds: list[int], runs: list[dict]) -> dict:
     from finc_cli.atomic import atomic_write_text
 
-    result = _summary(out, preset, steps, seed, rows)
+    result = _summary(out, preset, steps, seeds, runs)
     _write_json(out / "compare.json", result)
     atomic_write_text(out / "compare.md", compare_markdown(result))
+    return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +97,92 @@ def test_compare_cli_json(tmp_path):
     assert all(r["exact"] for r in data["rows"])
     bad = CliRunner().invoke(app, [*args, "--conv", "macow"])
     assert bad.exit_code == 2 and "unknown convolution" in bad.output
+
+
+def _run(conv, seed, bpd, exact=True, err=1e-5, speed=100.0):
+    return {
+        "conv": conv,
+        "label": conv,
+        "seed": seed,
+        "bpd": bpd,
+        "bpd_stderr": 0.01,
+        "steps": 2,
+        "params": 10,
+        "train_images_per_s": speed,
+        "max_recon_err": err,
+        "max_pixel_err_levels": err,
+        "exact": exact,
+        "run_dir": f"out/{conv}/seed-{seed}",
+    }
+
+
+def test_aggregate_seeds_mean_and_stderr_over_seeds_and_the_paired_difference():
+    from finc_cli.compare import _summary, aggregate_seeds
+
+    runs = [
+        _run("finc", 0, 2.0),
+        _run("cinc", 0, 1.9, err=3e-5),
+        _run("finc", 1, 2.2, speed=50.0),
+        _run("cinc", 1, 2.0, exact=False),
+        _run("finc", 2, 2.1, speed=300.0),
+        _run("cinc", 2, 2.0),
+    ]
+    finc, cinc = aggregate_seeds(runs)
+    assert finc["conv"] == "finc" and finc["seeds"] == [0, 1, 2] and finc["bpd_seeds"] == [2.0, 2.2, 2.1]
+    assert finc["bpd"] == pytest.approx(2.1) and finc["bpd_stderr"] == pytest.approx(0.1 / math.sqrt(3))
+    assert finc["bpd_stderr_over"] == "seeds" and finc["train_images_per_s"] == 100.0 and finc["exact"]
+    assert not cinc["exact"] and cinc["max_recon_err"] == 3e-5 and "seed" not in cinc
+    result = _summary(Path("out"), "digits", 2, [0, 1, 2], runs)
+    assert result["best_baseline"] == "cinc" and result["seeds"] == [0, 1, 2]
+    # 2.1 > 1.9667 + 0.0333: not within one stderr; paired differences 0.1, 0.2, 0.1
+    assert result["finc_within_stderr"] is False
+    paired = result["finc_minus_best"]
+    assert paired["n"] == 3 and paired["mean"] == pytest.approx(0.4 / 3)
+    assert paired["stderr"] == pytest.approx(statistics.stdev([0.1, 0.2, 0.1]) / math.sqrt(3))
+    text = compare_markdown({**result, "rows": [{**r, "timing_batch": 2} for r in result["rows"]]})
+    assert "| 2.1000 ± 0.0577 | 2.000, 2.200, 2.100 |" in text and "standard error over seeds" in text
+    assert "FInC minus cinc, seed by seed: +0.1333" in text
+    # one seed: that run's row and its stderr over test images; no per-seed column
+    single = _summary(Path("out"), "digits", 2, [0], runs[:2])
+    assert single["rows"][0]["bpd_stderr"] == 0.01 and single["rows"][0]["bpd_stderr_over"] == "test images"
+    assert single["finc_minus_best"] is None and "per seed" not in compare_markdown(single)
+
+
+def test_seeds_are_parsed_and_checked():
+    from finc_cli.compare import parse_seeds
+
+    assert parse_seeds(["0,1", "2", "1"]) == [0, 1, 2]
+    for bad, message in ((["x"], "takes integers"), (["-1"], "non-negative"), ([","], "at least one seed")):
+        with pytest.raises(ConfigError, match=message):
+            parse_seeds(bad)
+    with pytest.raises(ConfigError, match="--seeds or --set train.seed, not both"):
+        compare("digits", ["finc"], 1, "unused", {"train.seed": 3}, "cpu", TIMING, seeds=[0, 1])
+    assert not Path("unused").exists()
+
+
+@pytest.mark.slow
+def test_compare_over_seeds_trains_each_conv_per_seed_and_resumes(tmp_path):
+    out = tmp_path / "cmp"
+    notes: list = []
+    result = compare(
+        "digits", ["finc", "cinc"], 1, out, TINY, "cpu", TIMING, notify=notes.append, seeds="0,1".split(",")
+    )
+    assert result["seeds"] == [0, 1] and [r["conv"] for r in result["rows"]] == ["finc", "cinc"]
+    assert [(r["conv"], r["seed"]) for r in result["runs"]] == [("finc", 0), ("finc", 1), ("cinc", 0), ("cinc", 1)]
+    for row in result["rows"]:
+        assert row["seeds"] == [0, 1] and row["bpd"] == pytest.approx(statistics.fmean(row["bpd_seeds"]))
+        assert row["bpd_stderr"] == pytest.approx(statistics.stdev(row["bpd_seeds"]) / math.sqrt(2))
+        assert row["exact"] and row["ft_s"] > 0 and row["st_s"] > 0
+    assert result["finc_minus_best"]["n"] == 2
+    # the runs differ only in what they should: the seed within a conv, the conv within a seed
+    cfg = {(c, s): load_preset(out / c / f"seed-{s}" / "config.yaml") for c in ("finc", "cinc") for s in (0, 1)}
+    assert changed_keys(cfg["finc", 0], cfg["finc", 1]) == [("train.seed", 0, 1)]
+    assert changed_keys(cfg["finc", 1], cfg["cinc", 1]) == [("model.conv", "finc", "cinc")]
+    assert notes[:2] == [
+        f"[1/4] finc seed 0: training in {out / 'finc' / 'seed-0'}",
+        f"[2/4] finc seed 1: training in {out / 'finc' / 'seed-1'}",
+    ]
+    notes.clear()
+    again = compare("digits", ["finc", "cinc"], 1, out, TINY, "cpu", TIMING, notify=notes.append, seeds=[0, 1])
+    assert sum("finished before" in n for n in notes) == 4 and again["rows"] == result["rows"]
+    assert json.loads((out / "compare.json").read_text())["finc_minus_best"] == result["finc_minus_best"]

@@ -29,6 +29,14 @@ def compare_cli(
     sets: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override for every variant: section.key=value (repeatable).")
     ] = None,
+    seeds: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--seeds",
+            help="Train every variant once per seed (comma-separated or repeated), in OUT/CONV/seed-S/; "
+            "bits/dim is then the mean ± standard error over seeds.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     timing_batch: Annotated[
         int, typer.Option("--timing-batch", min=1, help="Images per FT/ST call (the paper's: 100).")
@@ -64,6 +72,7 @@ def compare_cli(
             {"batch": timing_batch, "repeats": repeats, "warmup": 1, "threads": threads},
             reporter_for=lambda _conv: RichReporter(enabled=not quiet and not json_out),
             notify=note,
+            seeds=seeds,
         )
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; rerun the same finc compare command to resume", highlight=False, soft_wrap=True)
