@@ -83,6 +83,36 @@ def test_model_rows_finc_beside_glow():
     assert rows[1]["st_vs_glow"] == 1.0
 
 
+@pytest.mark.parametrize("conv", ["finc", "emerging", "none"])
+def test_conv_inverse_split_times_only_the_convolutions_and_changes_nothing(conv):
+    import torch
+
+    from finc_cli.config import load_preset
+    from finc_cli.model import build_model
+
+    torch.manual_seed(0)
+    flow = build_model(load_preset("digits", {"model.steps": 2, "model.hidden": 8, "model.conv": conv})).eval()
+    sample = lambda: flow.sample(3, 1.0, torch.Generator().manual_seed(1))  # noqa: E731
+    with torch.no_grad():
+        before = sample()
+    calls = []
+    layers = [layer for _, layer in flow.invertible_convs()]
+    cls = type(layers[0]) if layers else None
+    if cls is not None:  # count the calls that reach the layers' own method
+        original = cls.inverse
+        cls.inverse = lambda self, y: (calls.append(1), original(self, y))[1]
+    try:
+        total, in_convs = model.conv_inverse_split(flow, sample, torch.device("cpu"))
+    finally:
+        if cls is not None:
+            cls.inverse = original
+    assert len(calls) == len(layers) == (0 if conv == "none" else 4)
+    assert total > 0 and (in_convs == 0 if conv == "none" else 0 < in_convs < total)
+    assert all("inverse" not in vars(layer) for layer in layers)  # unwrapped again
+    with torch.no_grad():
+        assert torch.equal(sample(), before)
+
+
 def test_model_rows_every_conv_with_its_inverse_backend():
     convs = ["finc", "emerging", "cinc", "none"]
     rows = model.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [2], ["wavefront"], convs=convs, **TINY)
@@ -98,6 +128,9 @@ def test_model_rows_every_conv_with_its_inverse_backend():
         assert r["inverse"] and r["kernel_size"] == 3
     params = {r["conv"]: r["params"] for r in rows}
     assert params["none"] < params["finc"] < params["cinc"] < params["emerging"]  # k×k taps: C²k²/4, C²k², 2C²k²
+    for r in rows[:3]:
+        assert 0 < r["conv_inverse_share"] < 1 and 0 < r["conv_inverse_s"] < r["st_s"]
+    assert rows[-1]["conv_inverse_share"] == 0 and rows[-1]["conv_inverse_s"] == 0
     with pytest.raises(InputError, match="unknown convolution 'macow'"):
         model.model_rows("digits", {"model.steps": 1}, [2], convs=["finc,macow"], **TINY)
 

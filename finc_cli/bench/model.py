@@ -7,13 +7,14 @@ equal; the paper's published FT/ST table for comparison.
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Callable, Iterable, Optional
 
 import torch
 
 from finc_cli import inverse as inverse_seam
 from finc_cli.bench.layer import finc_backends
-from finc_cli.bench.timing import num_threads, resolve, summarize, time_interleaved
+from finc_cli.bench.timing import num_threads, resolve, summarize, sync, time_interleaved
 from finc_cli.errors import InputError
 from finc_cli.flows.convolutions import INVERSE_SCHEDULES
 
@@ -112,7 +113,9 @@ def model_rows(
     CInC, whose inverses follow their published raster schedules, "-" for Glow), inverse (how the
     inverse ran, in words), preset, levels, steps, hidden, kernel_size, params, batch, dtype,
     device, ft_s, ft_q1_s, ft_q3_s, st_s, st_q1_s, st_q3_s, st_over_ft, st_vs_glow (None without
-    the Glow model), st_vs_finc (None without FInC; against FInC's first backend).
+    the Glow model), st_vs_finc (None without FInC; against FInC's first backend), conv_inverse_share
+    (the share of one instrumented ST call spent in the k×k convolutions' inverses, 0 for Glow) and
+    conv_inverse_s (that share of the median ST).
     Random weights (timing only), ActNorm initialised on one random batch. `progress(total)`
     may return a callback advanced once per batch size.
     """
@@ -154,6 +157,43 @@ def _sample_on(model, backend: Optional[str], n: int, temperature: float, genera
         return model.sample(n, temperature, generator)
 
 
+def conv_inverse_split(model, sample: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(seconds of one sample() call, seconds of it inside the k×k convolutions' inverses).
+
+    One extra, instrumented call: each convolution's `inverse` is wrapped for the call to add up
+    its own wall time, with the device synchronised around it, and unwrapped afterwards. The
+    rest of sampling (couplings, 1×1s, ActNorms, priors) is what every `model.conv` shares, so
+    it bounds how far any convolution can move the model's ST. (0 for a model without one.)
+    """
+    spent = [0.0]
+
+    def timed(inverse):
+        def wrapper(y):
+            sync(device)
+            start = time.perf_counter()
+            out = inverse(y)
+            sync(device)
+            spent[0] += time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    layers = [layer for _, layer in model.invertible_convs()]
+    for layer in layers:
+        layer.inverse = timed(layer.inverse)  # an instance attribute shadows the method
+    try:
+        with torch.no_grad():
+            sync(device)
+            start = time.perf_counter()
+            sample()
+            sync(device)
+            total = time.perf_counter() - start
+    finally:
+        for layer in layers:
+            del layer.inverse
+    return total, spent[0]
+
+
 def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, temperature, seed) -> list[dict]:
     gen = torch.Generator(device=device)
     variants: dict = {}
@@ -163,6 +203,7 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
         for b in backends if kind == "finc" else [None]:
             variants[(kind, b, "st")] = lambda m=model, b=b: _sample_on(m, b, batch, temperature, gen.manual_seed(seed))
     times = time_interleaved(variants, repeats, warmup, device)
+    split = {key: conv_inverse_split(models[key[0]], fn, device) for key, fn in variants.items() if key[2] == "st"}
     glow_st = statistics.median(times[("glow", None, "st")]) if "glow" in models else None
     finc_st = statistics.median(times[("finc", backends[0], "st")]) if "finc" in models and backends else None
     rows = []
@@ -192,6 +233,8 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
                 "st_q1_s": st["q1"],
                 "st_q3_s": st["q3"],
                 "st_over_ft": st["median"] / ft["median"],
+                "conv_inverse_share": split[(kind, backend, what)][1] / split[(kind, backend, what)][0],
+                "conv_inverse_s": st["median"] * split[(kind, backend, what)][1] / split[(kind, backend, what)][0],
                 "st_vs_glow": None if glow_st is None else st["median"] / glow_st,
                 "st_vs_finc": None if finc_st is None else st["median"] / finc_st,
                 "repeats": st["n"],

@@ -62,6 +62,8 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("ST s", "st_s", ".3g"),
         ("ST IQR", ("st_q1_s", "st_q3_s"), ".2g"),
         ("ST/FT", "st_over_ft", ".2f"),
+        ("k×k inverse s", "conv_inverse_s", ".3g"),
+        ("k×k share of ST", "conv_inverse_share", ".0%"),
         ("ST ÷ Glow ST", "st_vs_glow", ".2f"),
         ("ST ÷ FInC ST", "st_vs_finc", ".2f"),
     ],

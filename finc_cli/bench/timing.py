@@ -23,7 +23,7 @@ import torch
 from finc_cli import inverse as inverse_seam
 from finc_cli.errors import InputError
 
-__all__ = ["DTYPES", "environment", "gpu_details", "num_threads", "resolve", "summarize", "time_interleaved"]
+__all__ = ["DTYPES", "environment", "gpu_details", "num_threads", "resolve", "summarize", "sync", "time_interleaved"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -49,7 +49,8 @@ def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return resolve_device(device), DTYPES[dtype]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (a no-op on the CPU), so wall-clock times cover the work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -83,7 +84,7 @@ def time_interleaved(
     """
     last: dict[str, float] = {}
     with torch.no_grad():
-        _sync(device)
+        sync(device)
         for _ in range(warmup):
             for name, fn in variants.items():
                 last[name] = _time_once(fn, device)
