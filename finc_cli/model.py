@@ -64,9 +64,12 @@ def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
     """k×k conv → ActNorm → 1×1 conv → affine coupling; the k×k conv is cfg.conv's (none: a Glow step).
 
     The conv is named after its kind ("finc", "emerging", "cinc"): FInC checkpoints keep their keys.
+    Its construction leaves the global RNG where it was (FlowModel draws the conv weights last), so
+    the shared layers start the same whichever conv the step holds.
     """
     layers: OrderedDict = OrderedDict()
-    conv = make_conv(cfg.conv, channels, cfg.kernel_size)
+    with torch.random.fork_rng(devices=[]):
+        conv = make_conv(cfg.conv, channels, cfg.kernel_size)
     if conv is not None:
         layers[cfg.conv] = conv
     layers["actnorm"] = ActNorm(channels)
@@ -120,6 +123,11 @@ class FlowModel(nn.Module):
             if model_cfg.dequantization == "variational"
             else None
         )
+        # The k×k convolutions draw their weights last, in module order: every layer they share with
+        # the other model.conv choices (and the Glow model) gets the same initial values for a seed,
+        # so a comparison differs in the convolution alone (docs/model.md §10).
+        for _, conv in self.invertible_convs():
+            conv.reset_parameters()
 
     # -- shapes and bookkeeping ---------------------------------------------------------------
 

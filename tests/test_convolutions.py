@@ -121,6 +121,28 @@ def test_one_init_rule_for_every_conv(kind, k):
     assert layer.kernel_size == k
 
 
+@pytest.mark.parametrize("conv", ["finc", "emerging", "cinc"])
+def test_a_seed_gives_every_conv_the_same_shared_layers(conv):
+    """Every parameter and buffer the model shares with the Glow model (conv none) starts identical for a seed,
+    and the conv's own weights follow the init rule: drawn after the shared layers, from the same stream."""
+    models = {}
+    for kind in ("none", conv):
+        torch.manual_seed(7)
+        models[kind] = FlowModel((1, 8, 8), 17, _cfg(conv=kind, steps=2, dequantization="variational"))
+    glow, other = (m.state_dict() for m in models.values())
+    assert set(glow) < set(other)
+    assert all(torch.equal(glow[k], other[k]) for k in glow), [k for k in glow if not torch.equal(glow[k], other[k])]
+    convs = models[conv].invertible_convs()
+    assert len(convs) == 4
+    raw = torch.cat([p.detach().flatten() for _, layer in convs for p in layer.parameters()])
+    assert raw.abs().max() > 0 and raw.std() < 0.1  # drawn, and at the small init scale
+    torch.manual_seed(8)  # another seed: the conv weights change with it
+    again = FlowModel((1, 8, 8), 17, _cfg(conv=conv, steps=2, dequantization="variational"))
+    assert not torch.equal(
+        raw, torch.cat([p.detach().flatten() for _, m in again.invertible_convs() for p in m.parameters()])
+    )
+
+
 def test_unknown_conv_is_a_config_error():
     with pytest.raises(ConfigError, match="model.conv must be one of finc, emerging, cinc, none"):
         load_preset("digits", {"model.conv": "macow"})

@@ -47,14 +47,20 @@ class AutoregressiveConv2d(Flow):
         if not isinstance(kernel_size, int) or k < 1 or left + right != k - 1 or top + bottom != k - 1:
             raise ValueError(f"{type(self).__name__}: pads {pads} do not fit kernel_size {kernel_size}")
         self.channels, self.kernel_size, self.pads, self.reverse = channels, k, tuple(pads), reverse
-        scale = init_scale if init_scale is not None else conv_init_scale(channels, k)  # the rule of FInCConv2d
-        self.weight = nn.Parameter(torch.randn(channels, channels, k, k) * scale)  # (C_out, C_in, k, k)
+        self.init_scale = init_scale if init_scale is not None else conv_init_scale(channels, k)  # FInCConv2d's rule
+        self.weight = nn.Parameter(torch.empty(channels, channels, k, k))  # (C_out, C_in, k, k)
+        self.reset_parameters()
         mask, fixed = _raster_mask(channels, k, top, left, reverse)
         self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("fixed", fixed, persistent=False)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, pads={self.pads}, reverse={self.reverse}"
+
+    def reset_parameters(self) -> None:
+        """Draw the raw weight ~ N(0, init_scale²) from the global RNG (the shared rule, flows/conv_init.py)."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, self.init_scale)
 
     def effective_weight(self) -> torch.Tensor:
         """(C, C, k, k): raw weight with the future taps zeroed and the centre unit triangular."""
@@ -149,6 +155,11 @@ class EmergingConv2d(Flow):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
+
+    def reset_parameters(self) -> None:
+        """Redraw both masked convolutions' raw weights, first then second."""
+        self.first.reset_parameters()
+        self.second.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, ld1 = self.first(x)

@@ -58,8 +58,9 @@ class FInCConv2d(Flow):
         self.channels, self.kernel_size = channels, kernel_size
         cg, k = channels // 4, kernel_size
         # Small off-centre weights keep the triangular solve well conditioned at init (docs/finc_unit.md §6).
-        scale = init_scale if init_scale is not None else conv_init_scale(cg, k)
-        self.weight = nn.Parameter(torch.randn(4, cg, cg, k, k) * scale)  # (4, C'out, C'in, k, k)
+        self.init_scale = init_scale if init_scale is not None else conv_init_scale(cg, k)
+        self.weight = nn.Parameter(torch.empty(4, cg, cg, k, k))  # (4, C'out, C'in, k, k)
+        self.reset_parameters()
         mask = torch.ones(cg, cg, k, k)
         mask[:, :, k - 1, k - 1] = torch.tril(torch.ones(cg, cg), diagonal=-1)  # learn below the diagonal only
         fixed = torch.zeros(cg, cg, k, k)
@@ -70,6 +71,11 @@ class FInCConv2d(Flow):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
+
+    def reset_parameters(self) -> None:
+        """Draw the raw weight ~ N(0, init_scale²) from the global RNG (the shared rule, flows/conv_init.py)."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, self.init_scale)
 
     def effective_weight(self) -> torch.Tensor:
         """(4, C', C', k, k): the raw weight with the centre tap forced unit lower triangular."""
