@@ -539,7 +539,7 @@ def test_invert_flags_ill_conditioned_finc_units(ckpt, tmp_path):
     data = read_checkpoint(ckpt)
     for key, value in data["model"].items():
         if key.endswith("finc.weight"):
-            value.mul_(60.0)  # large off-diagonal taps: the float32 triangular solve loses accuracy
+            value.mul_(150.0)  # large off-diagonal taps: the float32 triangular solve loses accuracy
     scaled = tmp_path / "scaled.pt"
     save_checkpoint(scaled, {k: v for k, v in data.items() if k not in ("format", "format_version", "finc_version")})
     raw = ("--weights", "raw")  # the scaled ones (the preset also keeps EMA weights)
