@@ -375,3 +375,15 @@ def test_unit_pivot_marks_targets():
     pivot = tables.unit_pivot(rows)
     assert [(p["target"], p["met"]) for p in pivot] == [(10.0, "yes"), (3.0, "no")]
     assert "| 1,12,64,64,3 |" in tables.markdown_table(tables.unit_columns(), pivot)
+
+
+def test_gpu_check_renders_the_convolution_comparison_and_honours_its_deadline():
+    from finc_cli.bench import gpu_check
+
+    assert gpu_check.conv_rows(deadline=0.0) == [{"preset": "cifar10", "note": "skipped: time budget"}]
+    row = {"preset": "cifar10", "model": "emerging", "backend": "raster", "batch": 100, "ft_ms": 10.0,
+           "st_ms": 400.0, "st_over_ft": 40.0, "conv_inverse_ms": 380.0, "conv_inverse_share": 0.95,
+           "st_vs_finc": 21.0}  # fmt: skip
+    text = gpu_check.render({"environment": {}, "convs": [row]})
+    assert "### Invertible convolutions, the paper's ST comparison" in text
+    assert "| cifar10 | emerging | raster | 100 | 10 | 400 | 40.00 | 380 | 95% | 21.00 | – |" in text

@@ -25,7 +25,7 @@ import torch
 from finc_cli.bench.tables import markdown_table
 from finc_cli.bench.timing import environment, summarize, time_interleaved
 
-__all__ = ["gpu_check", "main", "model_rows", "render", "run_gpu_tests", "train_rows", "unit_rows"]
+__all__ = ["conv_rows", "gpu_check", "main", "model_rows", "render", "run_gpu_tests", "train_rows", "unit_rows"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # (C, H, W) after each squeeze, 3 levels: 32×32 images (CIFAR-10, ImageNet32), then 64×64 (ImageNet64).
@@ -33,6 +33,7 @@ LEVEL_SHAPES = [(12, 16, 16), (24, 8, 8), (48, 4, 4), (12, 32, 32), (24, 16, 16)
 BATCHES = (100, 1)
 MODEL_PRESETS = ("cifar10", "imagenet64")
 MODEL_BATCHES = (1, 100)
+CONV_PRESET, CONV_BATCH, CONVS = "cifar10", 100, ("finc", "emerging", "cinc", "none")  # the paper's ST table
 TRAIN_PRESET, TRAIN_BATCHES, TRAIN_PRECISIONS = "celeba64", (32, 64), ("32", "bf16")
 DEADLINE_S = 7 * 60  # later sections are skipped past this (the whole check should end within ~8 min)
 CUDA = torch.device("cuda")
@@ -63,6 +64,19 @@ MODEL_COLUMNS = [
     ("ST/FT", "st_over_ft", ".2f"),
     ("ST ÷ Glow ST", "st_vs_glow", ".2f"),
     ("unit err", "max_unit_err", ".1e"),
+    ("note", "note", "s"),
+]
+CONV_COLUMNS = [
+    ("preset", "preset", "s"),
+    ("model", "model", "s"),
+    ("inverse", "backend", "s"),
+    ("batch", "batch", "d"),
+    ("FT ms", "ft_ms", ".3g"),
+    ("ST ms", "st_ms", ".3g"),
+    ("ST/FT", "st_over_ft", ".2f"),
+    ("k×k inverse ms", "conv_inverse_ms", ".3g"),
+    ("k×k share of ST", "conv_inverse_share", ".0%"),
+    ("ST ÷ FInC ST", "st_vs_finc", ".2f"),
     ("note", "note", "s"),
 ]
 TRAIN_COLUMNS = [
@@ -184,6 +198,23 @@ def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[
     return rows
 
 
+def conv_rows(preset=CONV_PRESET, batch=CONV_BATCH, deadline: Optional[float] = None) -> list[dict]:
+    """The paper's sampling comparison on this GPU: FT, ST and the k×k inverses' share of ST for every
+    `model.conv` (FInC on the cupy backend; Emerging and CInC in their raster schedules), in ms."""
+    from finc_cli.bench.model import model_rows as timed_rows
+
+    if deadline is not None and time.perf_counter() > deadline:
+        return [{"preset": preset, "note": "skipped: time budget"}]
+    try:
+        rows = timed_rows(preset, {}, (batch,), ("cupy",), "cuda", repeats=3, warmup=1, threads=0, convs=CONVS)
+    except Exception as exc:  # noqa: BLE001 - reported in the table; the check goes on
+        return [{"preset": preset, "note": f"failed: {type(exc).__name__}: {exc}"}]
+    for r in rows:
+        r.update(ft_ms=1e3 * r["ft_s"], st_ms=1e3 * r["st_s"], conv_inverse_ms=1e3 * r["conv_inverse_s"])
+    torch.cuda.empty_cache()
+    return rows
+
+
 def _unit_error(preset: str) -> float:
     """Worst per-unit reconstruction error of the preset's FInC model (random weights) on the cupy inverse."""
     from finc_cli.config import load_preset
@@ -269,6 +300,7 @@ def render(result: dict) -> str:
     sections = (
         ("units", "One FInC unit, float32, k = 3 (ms, CUDA-event medians)", UNIT_COLUMNS),
         ("models", "Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
+        ("convs", "Invertible convolutions, the paper's ST comparison (ms, CUDA-event medians)", CONV_COLUMNS),
         ("train", "One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
     )
     for key, title, columns in sections:
@@ -295,6 +327,7 @@ def gpu_check(out: Path, tests: bool = True, models: bool = True, train: bool = 
             result["units"] = unit_rows()
         if models:
             result["models"] = model_rows(deadline=deadline)
+            result["convs"] = conv_rows(deadline=deadline)
         if train:
             result["train"] = train_rows(deadline=deadline)
     result["seconds"] = round(time.perf_counter() - started, 1)
