@@ -211,6 +211,8 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
         if what != "st":
             continue
         m, ft, st = cfgs[kind].model, summarize(times[(kind, None, "ft")], 1.0), summarize(samples, 1.0)
+        total_s, conv_s = split[(kind, backend, what)]
+        share = conv_s / total_s
         rows.append(
             {
                 "model": kind,
@@ -233,8 +235,8 @@ def _batch_rows(models, cfgs, preset, batch, backends, device, repeats, warmup, 
                 "st_q1_s": st["q1"],
                 "st_q3_s": st["q3"],
                 "st_over_ft": st["median"] / ft["median"],
-                "conv_inverse_share": split[(kind, backend, what)][1] / split[(kind, backend, what)][0],
-                "conv_inverse_s": st["median"] * split[(kind, backend, what)][1] / split[(kind, backend, what)][0],
+                "conv_inverse_share": share,
+                "conv_inverse_s": st["median"] * share,
                 "st_vs_glow": None if glow_st is None else st["median"] / glow_st,
                 "st_vs_finc": None if finc_st is None else st["median"] / finc_st,
                 "repeats": st["n"],

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finc_cli.flows.base import Flow, zeros_logdet
-from finc_cli.flows.conv_init import conv_init_scale
+from finc_cli.flows.conv_init import conv_init_scale, draw_conv_weight
 
 __all__ = [
     "AutoregressiveConv2d",
@@ -59,8 +59,7 @@ class AutoregressiveConv2d(Flow):
 
     def reset_parameters(self) -> None:
         """Draw the raw weight ~ N(0, init_scale²) from the global RNG (the shared rule, flows/conv_init.py)."""
-        with torch.no_grad():
-            self.weight.normal_(0.0, self.init_scale)
+        draw_conv_weight(self.weight, self.init_scale)
 
     def effective_weight(self) -> torch.Tensor:
         """(C, C, k, k): raw weight with the future taps zeroed and the centre unit triangular."""

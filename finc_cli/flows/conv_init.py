@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["conv_init_scale"]
+import torch
+
+__all__ = ["conv_init_scale", "draw_conv_weight"]
 
 
 def conv_init_scale(fan_in: int, kernel_size: int) -> float:
@@ -15,3 +17,9 @@ def conv_init_scale(fan_in: int, kernel_size: int) -> float:
     diagonal is fixed to 1 on top of this, so every convolution starts near the identity.
     """
     return 0.1 / math.sqrt(fan_in * kernel_size * kernel_size)
+
+
+def draw_conv_weight(weight: torch.Tensor, scale: float) -> None:
+    """Fill a raw convolution weight in place with N(0, scale²) draws from the global RNG."""
+    with torch.no_grad():
+        weight.normal_(0.0, scale)

@@ -10,7 +10,7 @@ from torch import nn
 
 from finc_cli import inverse as inverse_seam
 from finc_cli.flows.base import Flow, zeros_logdet
-from finc_cli.flows.conv_init import conv_init_scale
+from finc_cli.flows.conv_init import conv_init_scale, draw_conv_weight
 
 __all__ = [
     "finc_conv2d",
@@ -74,8 +74,7 @@ class FInCConv2d(Flow):
 
     def reset_parameters(self) -> None:
         """Draw the raw weight ~ N(0, init_scale²) from the global RNG (the shared rule, flows/conv_init.py)."""
-        with torch.no_grad():
-            self.weight.normal_(0.0, self.init_scale)
+        draw_conv_weight(self.weight, self.init_scale)
 
     def effective_weight(self) -> torch.Tensor:
         """(4, C', C', k, k): the raw weight with the centre tap forced unit lower triangular."""
