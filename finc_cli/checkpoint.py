@@ -28,7 +28,7 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> N
     import torch
 
     from finc_cli import __version__
-    from finc_cli.atomic import atomic_path
+    from finc_cli.files.atomic import atomic_path
 
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "finc_version": __version__, **payload}
     with atomic_path(path) as tmp:

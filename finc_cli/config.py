@@ -398,6 +398,6 @@ def config_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
-    from finc_cli.atomic import atomic_write_text
+    from finc_cli.files.atomic import atomic_write_text
 
     atomic_write_text(Path(path), config_yaml(cfg))

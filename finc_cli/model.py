@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from finc_cli.config import Config, ModelConfig
-from finc_cli.data.preprocess import LogitPreprocess, dequantize, quantize
+from finc_cli.dataset_shapes import dataset_info
 from finc_cli.errors import ConfigError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
@@ -18,6 +18,7 @@ from finc_cli.flows.convolutions import conv_kind, make_conv
 from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.dequantizer import VariationalDequantizer
 from finc_cli.flows.finc_conv import FInCConv2d
+from finc_cli.flows.logit import LogitPreprocess, dequantize, quantize
 from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
 from finc_cli.losses import bits_per_dim
@@ -300,7 +301,5 @@ class FlowModel(nn.Module):
 
 def build_model(config: Config) -> FlowModel:
     """The FlowModel for config.data.name's image shape and bins, with config.model's architecture."""
-    from finc_cli.data.datasets import dataset_info
-
     info = dataset_info(config.data.name)
     return FlowModel((info.channels, info.height, info.width), info.bins, config.model, name=info.name)

@@ -20,7 +20,7 @@ from finc_cli.data import cache
 from finc_cli.data.cache import MappedImages, check, prepare, resolve_cache_dir
 from finc_cli.data.datasets import get_dataset, read_split
 from finc_cli.errors import LockError
-from finc_cli.locking import exclusive_lock
+from finc_cli.files.locking import exclusive_lock
 
 
 @pytest.fixture

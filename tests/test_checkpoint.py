@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from finc_cli import __version__
-from finc_cli.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,6 +20,7 @@ from finc_cli.checkpoint import (
     save_checkpoint,
 )
 from finc_cli.config import load_preset
+from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.model import build_model
 
 
@@ -231,8 +231,8 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
 
 
 def test_latents_files_are_loaded_safely(tiny, tmp_path):
+    from finc_cli.commands.invert import load_latents
     from finc_cli.errors import ImageInputError
-    from finc_cli.invert import load_latents
 
     _, model = tiny
     marker = tmp_path / "PWNED"

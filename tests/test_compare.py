@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
-from finc_cli.compare import compare, compare_markdown
+from finc_cli.commands.compare import compare, compare_markdown
 from finc_cli.config import changed_keys, load_preset
 from finc_cli.errors import ConfigError
 
@@ -117,7 +117,7 @@ def _run(conv, seed, bpd, exact=True, err=1e-5, speed=100.0):
 
 
 def test_aggregate_seeds_mean_and_stderr_over_seeds_and_the_paired_difference():
-    from finc_cli.compare import _summary, aggregate_seeds
+    from finc_cli.commands.compare import _summary, aggregate_seeds
 
     runs = [
         _run("finc", 0, 2.0),
@@ -149,7 +149,7 @@ def test_aggregate_seeds_mean_and_stderr_over_seeds_and_the_paired_difference():
 
 
 def test_seeds_are_parsed_and_checked():
-    from finc_cli.compare import parse_seeds
+    from finc_cli.commands.compare import parse_seeds
 
     assert parse_seeds(["0,1", "2", "1"]) == [0, 1, 2]
     for bad, message in ((["x"], "takes integers"), (["-1"], "non-negative"), ([","], "at least one seed")):

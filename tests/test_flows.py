@@ -10,12 +10,12 @@ import torch.distributed
 from jacobians import dense_jacobian
 
 from finc_cli import inverse
-from finc_cli.data.preprocess import LogitPreprocess, dequantize, quantize
 from finc_cli.errors import InverseBackendError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
 from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.finc_conv import FInCConv2d
+from finc_cli.flows.logit import LogitPreprocess, dequantize, quantize
 from finc_cli.flows.multiscale import SplitPrior, Squeeze
 from finc_cli.flows.sequential import FlowSequential
 from finc_cli.losses import bits_per_dim

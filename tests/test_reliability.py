@@ -494,7 +494,7 @@ def test_enospc_writing_a_sample_grid(ckpt, tmp_path, monkeypatch):
 
 
 def test_enospc_writing_individual_samples_removes_them(ckpt, tmp_path, monkeypatch):
-    from finc_cli import images
+    from finc_cli.files import images
 
     real, calls = images.save_png, []
 

@@ -17,7 +17,7 @@ import finc_cli.train.loop as loop
 from finc_cli.checkpoint import read_checkpoint
 from finc_cli.cli.main import app
 from finc_cli.config import load_preset
-from finc_cli.locking import exclusive_lock, lock_holder
+from finc_cli.files.locking import exclusive_lock, lock_holder
 from finc_cli.train import Reporter, train
 
 TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 1000, "train.log_every": 1}

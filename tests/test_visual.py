@@ -34,7 +34,7 @@ def cell(grid: np.ndarray, row: int, col: int, scale: int = 1, left: int = 0) ->
 
 def as_255(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) with 17 levels -> (H, W) uint8 in [0, 255], as the PNGs hold them."""
-    from finc_cli.images import to_uint8_255
+    from finc_cli.files.images import to_uint8_255
 
     return to_uint8_255(x[None], 17)[0, 0].numpy()
 
@@ -174,7 +174,7 @@ def test_interpolation_of_split_pairs_has_exact_ends(ckpt, tmp_path, digits_test
 @pytest.mark.parametrize("mode", ["linear", "spherical"])
 def test_interpolate_latents_decodes_every_latent_exactly_at_the_ends(ckpt, digits_test, mode):
     from finc_cli.checkpoint import load_checkpoint
-    from finc_cli.interpolate import interpolate_latents
+    from finc_cli.commands.interpolate import interpolate_latents
 
     model, _ = load_checkpoint(ckpt)
     xa, xb = digits_test[:3], digits_test[3:]
@@ -185,7 +185,7 @@ def test_interpolate_latents_decodes_every_latent_exactly_at_the_ends(ckpt, digi
 
 
 def test_mix_linear_midpoint_and_spherical_norm():
-    from finc_cli.interpolate import mix
+    from finc_cli.commands.interpolate import mix
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
@@ -228,7 +228,7 @@ def test_invert_out_shows_originals_above_reconstructions(ckpt, tmp_path, digits
 
 
 def test_pairs_grid_puts_each_block_of_originals_above_its_partners(tmp_path):
-    from finc_cli.images import save_pairs_grid
+    from finc_cli.files.images import save_pairs_grid
 
     top = torch.full((5, 1, 8, 8), 16, dtype=torch.uint8)
     bottom = torch.full((5, 1, 8, 8), 8, dtype=torch.uint8)
@@ -241,7 +241,7 @@ def test_pairs_grid_puts_each_block_of_originals_above_its_partners(tmp_path):
 
 def test_invert_in_batches_reports_what_one_batch_does(ckpt, digits_test):
     from finc_cli.checkpoint import load_checkpoint
-    from finc_cli.invert import round_trip
+    from finc_cli.commands.invert import round_trip
 
     model, _ = load_checkpoint(ckpt)
     whole, z1, d1 = round_trip(model, digits_test, batch_size=6)
@@ -255,7 +255,7 @@ def test_invert_in_batches_reports_what_one_batch_does(ckpt, digits_test):
 
 
 def test_labelled_rows_of_colour_images(tmp_path):
-    from finc_cli.images import save_labelled_rows
+    from finc_cli.files.images import save_labelled_rows
 
     g = torch.Generator().manual_seed(0)
     rows = [(f"T={t}", torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8)) for t in (0, 1)]

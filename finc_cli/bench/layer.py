@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from finc_cli import inverse as inverse_seam
+from finc_cli import inverse
 from finc_cli.bench.timing import num_threads, resolve, summarize, time_interleaved
 from finc_cli.errors import InputError
 from finc_cli.flows.baselines import CInCConv2d, EmergingConv2d
@@ -32,20 +32,20 @@ def finc_backends(names: Optional[Iterable[str]], device: torch.device) -> list[
     paper_schedule.register()
     probe = torch.zeros(1, 4, 1, 1, device=device)
     if names is None:
-        return [n for n in FINC_BACKENDS if _runs_on(n, probe) and inverse_seam.is_available(n, device)]
+        return [n for n in FINC_BACKENDS if _runs_on(n, probe) and inverse.is_available(n, device)]
     out = []
     for name in names:
-        resolved = inverse_seam.select_backend(probe, None if name == "auto" else name)  # unknown name: clear error
-        if not inverse_seam.is_available(resolved, device):
-            raise inverse_seam.InverseBackendError(f"inverse backend '{resolved}' is not available on {device} here")
+        resolved = inverse.select_backend(probe, None if name == "auto" else name)  # unknown name: clear error
+        if not inverse.is_available(resolved, device):
+            raise inverse.InverseBackendError(f"inverse backend '{resolved}' is not available on {device} here")
         out += [resolved] if resolved not in out else []
     return out
 
 
 def _runs_on(name: str, probe: torch.Tensor) -> bool:
     try:
-        return inverse_seam.select_backend(probe, name) == name
-    except inverse_seam.InverseBackendError:
+        return inverse.select_backend(probe, name) == name
+    except inverse.InverseBackendError:
         return False
 
 
@@ -74,7 +74,7 @@ def _layer_variants(kind: str, layer, x: torch.Tensor, y: torch.Tensor, backends
 
 
 def _inverse_on(layer, y: torch.Tensor, backend: str):
-    with inverse_seam.use_backend(backend):
+    with inverse.use_backend(backend):
         return layer.inverse(y)
 
 

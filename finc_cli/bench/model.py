@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from finc_cli import inverse as inverse_seam
+from finc_cli import inverse
 from finc_cli.bench.layer import finc_backends
 from finc_cli.bench.timing import num_threads, resolve, summarize, sync, time_interleaved
 from finc_cli.errors import InputError
@@ -153,7 +153,7 @@ def _init_actnorm(model, device: torch.device, seed: int) -> None:
 
 
 def _sample_on(model, backend: Optional[str], n: int, temperature: float, generator) -> torch.Tensor:
-    with inverse_seam.use_backend(backend):
+    with inverse.use_backend(backend):
         return model.sample(n, temperature, generator)
 
 

@@ -90,7 +90,7 @@ Times are medians over interleaved repeats on the CPU; they are only comparable 
 
 
 def update_file(path: Path, sections: dict[str, str]) -> None:
-    from finc_cli.atomic import atomic_write_text
+    from finc_cli.files.atomic import atomic_write_text
 
     text = path.read_text() if path.exists() else HEADER
     for name, body in sections.items():
@@ -113,9 +113,9 @@ def section_env(env: dict, command: str) -> str:
 
 def cpu_backends(names: Sequence[str]) -> tuple:
     """Without a C compiler the native backend is absent: time the others rather than fail."""
-    from finc_cli import inverse as inverse_seam
+    from finc_cli import inverse
 
-    return tuple(b for b in names if b != "native" or inverse_seam.is_available("native", "cpu"))
+    return tuple(b for b in names if b != "native" or inverse.is_available("native", "cpu"))
 
 
 def section_unit(args, env: dict, command: str) -> str:

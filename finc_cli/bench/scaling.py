@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from finc_cli import inverse as inverse_seam
+from finc_cli import inverse
 from finc_cli.bench.layer import SEQUENTIAL, build_layer, finc_backends, max_error
 from finc_cli.bench.timing import num_threads, resolve, summarize, time_interleaved
 from finc_cli.errors import InputError
@@ -70,7 +70,7 @@ def scaling_rows(
 
 
 def _finc_inverse(layer, y: torch.Tensor, backend: str):
-    with inverse_seam.use_backend(backend):
+    with inverse.use_backend(backend):
         return layer.inverse(y)
 
 

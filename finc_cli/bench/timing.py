@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from finc_cli import inverse as inverse_seam
+from finc_cli import inverse
 from finc_cli.errors import InputError
 
 __all__ = ["DTYPES", "environment", "gpu_details", "num_threads", "resolve", "summarize", "sync", "time_interleaved"]
@@ -42,7 +42,7 @@ def num_threads(threads: Optional[int]) -> Iterator[None]:
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """(torch.device, torch.dtype) from names; ValueError (one line) for bad ones."""
-    from finc_cli.device import resolve_device
+    from finc_cli.runtime.device import resolve_device
 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -133,7 +133,7 @@ def environment(device: str = "cpu", threads: Optional[int] = None, dtype: str =
         "cupy": _package_version("cupy-cuda13x") or _package_version("cupy"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "native_backend": inverse_seam.is_available("native", "cpu"),
+        "native_backend": inverse.is_available("native", "cpu"),
     }
     if dev.type == "cuda":
         env.update(gpu_details(dev))

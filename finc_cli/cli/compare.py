@@ -1,4 +1,4 @@
-"""`finc compare`: a thin wrapper over finc_cli.compare (torch imported lazily)."""
+"""`finc compare`: a thin wrapper over finc_cli.commands.compare (torch imported lazily)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def compare_cli(
     from pathlib import Path
 
     from finc_cli.cli.progress import RichReporter
-    from finc_cli.compare import compare, compare_markdown
+    from finc_cli.commands.compare import compare, compare_markdown
     from finc_cli.config import load_preset
     from finc_cli.train import TrainingInterrupted
 

@@ -1,4 +1,4 @@
-"""`finc interpolate`: a thin wrapper over finc_cli.interpolate (torch imported lazily)."""
+"""`finc interpolate`: a thin wrapper over finc_cli.commands.interpolate (torch imported lazily)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def interpolate_cli(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Interpolate every latent between A and B and decode exactly: the strip's ends are A and B, bit for bit."""
-    from finc_cli.interpolate import interpolate
+    from finc_cli.commands.interpolate import interpolate
 
     result = interpolate(
         checkpoint,

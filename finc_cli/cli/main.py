@@ -230,7 +230,7 @@ def evaluate_cli(
 ) -> None:
     """Bits per dimension over a whole split, with its standard error."""
     from finc_cli.cli.progress import count_progress
-    from finc_cli.evaluate import evaluate
+    from finc_cli.commands.evaluate import evaluate
 
     result = evaluate(
         checkpoint,
@@ -296,7 +296,7 @@ def sample_cli(
     json_out: JsonOpt = False,
 ) -> None:
     """Sample images and write a PNG grid (one labelled row per temperature); reports the sampling time."""
-    from finc_cli.sample import sample
+    from finc_cli.commands.sample import sample
 
     result = sample(
         checkpoint,
@@ -359,7 +359,7 @@ def invert_cli(
 ) -> None:
     """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
     from finc_cli.cli.progress import progress_bars
-    from finc_cli.invert import invert
+    from finc_cli.commands.invert import invert
 
     with progress_bars("inverting", enabled=not json_out and not latents) as bars:
         result = invert(

@@ -22,7 +22,7 @@ def presets_cli(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Each preset's dataset, levels L, steps per level K, kernel k, coupling width and parameter count."""
-    from finc_cli.preset_info import preset_rows
+    from finc_cli.commands.preset_info import preset_rows
 
     rows = preset_rows()
     if json_out:

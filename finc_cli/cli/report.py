@@ -1,4 +1,4 @@
-"""`finc report RUN_DIR`: a thin wrapper over finc_cli.report (matplotlib imported lazily)."""
+"""`finc report RUN_DIR`: a thin wrapper over finc_cli.commands.report (matplotlib imported lazily)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def report_cli(
 ) -> None:
     """One picture of a run: bits/dim, learning rate, gradient norm, throughput, latest samples, health."""
     from finc_cli.cli.progress import count_progress
-    from finc_cli.report import report
+    from finc_cli.commands.report import report
 
     result = report(run_dir, out, progress=None if json_out else count_progress("report"))
     if json_out:

@@ -217,7 +217,7 @@ def prepare(
     progress: Optional[Progress] = None,
 ) -> dict:
     """Write each split of `name` as NAME-SPLIT.npy + .json in the cache folder (current ones are kept)."""
-    from finc_cli.locking import exclusive_lock
+    from finc_cli.files.locking import exclusive_lock
 
     dataset_info(name)
     folder = resolve_cache_dir(data_dir, cache_dir)
@@ -240,7 +240,7 @@ def prepare(
 def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> dict:
     """Read the split from its sources into NAME-SPLIT.npy, then write its manifest (both atomically)."""
     from finc_cli import __version__
-    from finc_cli.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+    from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 
     t0 = time.perf_counter()
     array, manifest = _paths(folder, name, split)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +13,7 @@ from torch.utils.data import Dataset
 
 from finc_cli.data.augment import Augment
 from finc_cli.data.safe_pickle import load_pickle
+from finc_cli.dataset_shapes import DATASETS, DatasetInfo, dataset_info
 from finc_cli.errors import DatasetError
 
 __all__ = [
@@ -33,24 +33,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    channels: int
-    height: int
-    width: int
-    bins: int  # number of intensity levels: 256 for 8-bit images, 17 for sklearn digits
-
-
-_INFO = {
-    "digits": DatasetInfo("digits", 1, 8, 8, 17),
-    "mnist": DatasetInfo("mnist", 1, 28, 28, 256),
-    "cifar10": DatasetInfo("cifar10", 3, 32, 32, 256),
-    "imagenet32": DatasetInfo("imagenet32", 3, 32, 32, 256),
-    "imagenet64": DatasetInfo("imagenet64", 3, 64, 64, 256),
-    "celeba64": DatasetInfo("celeba64", 3, 64, 64, 256),
-}
-DATASETS: tuple[str, ...] = tuple(_INFO)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ENV_VAR = "FINC_DATA_DIR"
 _FIX = f"pass --data-dir DIR or set {ENV_VAR}"
@@ -58,13 +40,6 @@ _FIX = f"pass --data-dir DIR or set {ENV_VAR}"
 _VAL_SIZE = {"mnist": 5000, "cifar10": 5000, "imagenet32": 10000, "imagenet64": 10000}
 _SPLIT_SEED = 0
 RECIPE_VERSION = 2  # bump when the images a split yields change (a prepared cache of an older recipe is stale)
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Shape and number of intensity levels of a named dataset."""
-    if name not in _INFO:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return _INFO[name]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:

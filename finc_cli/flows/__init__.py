@@ -6,6 +6,7 @@ from finc_cli.flows.baselines import CInCConv2d, EmergingConv2d
 from finc_cli.flows.conv1x1 import InvConv1x1
 from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.finc_conv import FInCConv2d
+from finc_cli.flows.logit import LogitPreprocess
 from finc_cli.flows.multiscale import SplitPrior, Squeeze
 from finc_cli.flows.sequential import FlowSequential
 
@@ -18,6 +19,7 @@ __all__ = [
     "Flow",
     "FlowSequential",
     "InvConv1x1",
+    "LogitPreprocess",
     "SplitPrior",
     "Squeeze",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finc_cli import inverse as inverse_seam
+from finc_cli import inverse
 from finc_cli.flows.base import Flow, zeros_logdet
 from finc_cli.flows.conv_init import conv_init_scale, draw_conv_weight
 
@@ -101,12 +101,12 @@ class FInCConv2d(Flow):
         if self._inverse_cache is None or self._inverse_cache[0] != key:
             with torch.no_grad():
                 eff = self.effective_weight().detach().contiguous()
-                self._inverse_cache = (key, eff, inverse_seam.centre_inverse(eff))
+                self._inverse_cache = (key, eff, inverse.centre_inverse(eff))
         return self._inverse_cache[1], self._inverse_cache[2]
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x with forward(x) == y, on the backend `finc_cli.inverse` selects (docs/inverse.md)."""
         self._check(y)
         eff, linv = self.inverse_operator()
-        x = inverse_seam.solve(y, eff.to(y.dtype), linv.to(y.dtype))
+        x = inverse.solve(y, eff.to(y.dtype), linv.to(y.dtype))
         return x, zeros_logdet(y)

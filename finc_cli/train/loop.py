@@ -12,16 +12,16 @@ from typing import Any, Optional
 
 import torch
 
-from finc_cli import distributed as dist_utils
 from finc_cli import errors
 from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
+from finc_cli.commands.evaluate import evaluate_bpd
 from finc_cli.config import Config, changed_keys, check_resume_overrides, config_from_dict, save_config
 from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
-from finc_cli.evaluate import evaluate_bpd
+from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
-from finc_cli.locking import exclusive_lock
+from finc_cli.runtime import distributed
 from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
     LOCK_FILE,
@@ -151,7 +151,7 @@ class Trainer:
         self.held = held if held is not None else contextlib.ExitStack()
         self.locked = False
         self.metrics_path = out / "metrics.jsonl"
-        self.ctx = dist_utils.setup(cfg.train.device)
+        self.ctx = distributed.setup(cfg.train.device)
         self.device = self.ctx.device
         self.ckpt = self._find_checkpoint(resume, force, start)
         self.cfg, data = _resolve_config(cfg, self.ckpt, overrides)
@@ -191,7 +191,7 @@ class Trainer:
                 found = (str(ckpt) if ckpt else None, None)
             except FincError as exc:
                 found = (None, (type(exc).__name__, str(exc)))
-        ckpt, error = dist_utils.broadcast_object(found)
+        ckpt, error = distributed.broadcast_object(found)
         if error is not None:  # every rank stops with rank 0's error, rather than wait for it
             raise getattr(errors, error[0], FincError)(error[1])
         return Path(ckpt) if ckpt else None
@@ -283,9 +283,9 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             self.reporter.stop()
-            dist_utils.barrier()
+            distributed.barrier()
             if self.ctx.owns_group:
-                dist_utils.cleanup()
+                distributed.cleanup()
         return self._summary()
 
     def _prefetcher(self) -> Prefetcher:
@@ -361,7 +361,7 @@ class Trainer:
 
     def _stop_if_signalled(self, signals: _Signals, saved: bool) -> None:
         """A signal on any rank stops every rank at this step, with last.pt written for --resume."""
-        stop = dist_utils.max_over_ranks(signals.received, self.device)
+        stop = distributed.max_over_ranks(signals.received, self.device)
         if stop is not None:
             if not saved:
                 self._save("last.pt")
@@ -521,7 +521,7 @@ def _estimated_checkpoint_bytes(model, optimizer) -> int:
 
 
 def _save_samples(model, cfg: Config, path: Path) -> None:
-    from finc_cli.images import save_grid
+    from finc_cli.files.images import save_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)

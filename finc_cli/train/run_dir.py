@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
-LOCK_FILE = ".lock"  # held by the one process writing the run (finc_cli.locking)
+LOCK_FILE = ".lock"  # held by the one process writing the run (finc_cli.files.locking)
 
 
 def prepare_run_dir(out: Path, resume: Optional[str], force: bool, start: Optional[str] = None) -> Optional[Path]:
@@ -69,14 +69,14 @@ def make_run_dir(out: Path) -> None:
 
 def clean_run_dir(out: Path, fresh: bool) -> None:
     """Drop stale temporary files; a fresh (--force) run also drops the old run's files. Needs the lock."""
-    from finc_cli.atomic import remove_stale_temporaries
+    from finc_cli.files.atomic import remove_stale_temporaries
 
     for name in (*RUN_FILES, *(p.name for p in step_checkpoints(out))):
         remove_stale_temporaries(out, name)  # left by a process killed mid-write
         if fresh:
             (out / name).unlink(missing_ok=True)
     if fresh:  # what the old run's report and TensorBoard showed is no longer this run
-        from finc_cli.report import REPORT_FILE
+        from finc_cli.commands.report import REPORT_FILE
         from finc_cli.train.tensorboard import LOG_DIR
 
         (out / REPORT_FILE).unlink(missing_ok=True)
@@ -100,7 +100,7 @@ def keep_step_checkpoint(out: Path, step: int, keep: int) -> list[Path]:
     temporary name and renamed, so it is whole or absent. Only checkpoints of steps up to `step`
     count and are pruned: those of a later step (left by a run resumed --from an older one) stay.
     """
-    from finc_cli.atomic import atomic_path
+    from finc_cli.files.atomic import atomic_path
 
     target = out / f"step-{step:07d}.pt"
     with atomic_path(target) as tmp:
@@ -140,7 +140,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint's step (they will be redone)."""
     if not path.is_file():
         return
-    from finc_cli.atomic import atomic_write_text
+    from finc_cli.files.atomic import atomic_write_text
 
     kept = []
     for line in path.read_text(errors="replace").splitlines():

@@ -7,8 +7,8 @@ from contextlib import nullcontext
 
 import torch
 
-from finc_cli import distributed as dist_utils
 from finc_cli.config import Config
+from finc_cli.runtime import distributed
 from finc_cli.train.state import TrainState
 
 __all__ = ["build_optimizer", "lr_factor", "nonfinite_reason", "set_lr", "train_step"]
@@ -77,7 +77,7 @@ def _backward(net, x: torch.Tensor, noise: torch.Tensor, accumulate: int, ctx) -
             bpd = net(x[part], noise=noise[part]).mean()
             (bpd / accumulate).backward()
         total += bpd.detach().double() / accumulate
-    total = dist_utils.all_reduce_sum(total) / ctx.world_size
+    total = distributed.all_reduce_sum(total) / ctx.world_size
     return float(total)
 
 

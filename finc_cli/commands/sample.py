@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from finc_cli.atomic import check_output_file
 from finc_cli.errors import InputError, OutputError
+from finc_cli.files.atomic import check_output_file
 
 __all__ = ["parse_temperatures", "sample"]
 
@@ -62,9 +62,9 @@ def sample(
     import torch
 
     from finc_cli.checkpoint import load_checkpoint
-    from finc_cli.device import resolve_device
-    from finc_cli.images import save_grid, save_labelled_rows, save_png, to_uint8_255
+    from finc_cli.files.images import save_grid, save_labelled_rows, save_png, to_uint8_255
     from finc_cli.inverse import use_backend
+    from finc_cli.runtime.device import resolve_device
 
     temps = parse_temperatures(temperature)
     labelled = len(temps) > 1

@@ -8,9 +8,9 @@ from typing import Callable, Optional
 
 import torch
 
-from finc_cli import distributed as dist_utils
 from finc_cli.data.batches import fetch
 from finc_cli.errors import InputError
+from finc_cli.runtime import distributed
 
 __all__ = ["evaluate", "evaluate_bpd"]
 
@@ -35,7 +35,7 @@ def evaluate(
     """
     from finc_cli.checkpoint import load_checkpoint
     from finc_cli.data.datasets import get_dataset
-    from finc_cli.device import resolve_device
+    from finc_cli.runtime.device import resolve_device
 
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
@@ -71,7 +71,7 @@ def evaluate_bpd(
     was_training = model.training
     model.eval()
     first, weighted = [], []
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist_utils.active() else (0, 1)
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed.active() else (0, 1)
     shard = torch.arange(rank, len(ds), world)  # each rank evaluates every world-th image
     nats_per_bpd = model.num_dims * math.log(2)  # bits/dim of an image -> its NLL in nats
     for start in range(0, len(shard), batch_size):
@@ -95,7 +95,7 @@ def evaluate_bpd(
 def _mean_stderr(parts: list, name: str) -> dict:
     """{name, name_stderr, n_images} of per-image values gathered over every rank."""
     values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-    values, count = dist_utils.gather_values(values)
+    values, count = distributed.gather_values(values)
     mean = values.mean().item() if count else float("nan")
     stderr = (values.std(unbiased=True) / math.sqrt(count)).item() if count > 1 else 0.0
     return {name: mean, f"{name}_stderr": stderr, "n_images": count}

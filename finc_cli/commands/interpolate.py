@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from finc_cli.atomic import check_output_file
 from finc_cli.errors import ImageInputError, InputError
+from finc_cli.files.atomic import check_output_file
 
 __all__ = ["MODES", "interpolate", "interpolate_latents", "mix"]
 
@@ -76,7 +76,7 @@ def _image_pair(paths: Sequence[str], model):
     """(A, B), each (1, C, H, W): the two files, which must have one size, the model's."""
     from PIL import Image, UnidentifiedImageError
 
-    from finc_cli.images import load_images
+    from finc_cli.files.images import load_images
 
     sizes = []
     for p in paths:
@@ -137,9 +137,9 @@ def interpolate(
     import torch
 
     from finc_cli.checkpoint import load_checkpoint
-    from finc_cli.device import resolve_device
-    from finc_cli.images import save_grid
+    from finc_cli.files.images import save_grid
     from finc_cli.inverse import use_backend
+    from finc_cli.runtime.device import resolve_device
 
     _check(steps, mode, images, pairs, scale)
     if not images and split is None:

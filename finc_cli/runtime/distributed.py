@@ -41,7 +41,7 @@ class DistContext:
 
 def setup(device_name: str = "auto") -> DistContext:
     """Read RANK / LOCAL_RANK / WORLD_SIZE (torchrun) and join the process group when > 1."""
-    from finc_cli.device import resolve_device
+    from finc_cli.runtime.device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -60,7 +60,7 @@ def _to_pil(chw, scale: int = 1):
 
 def save_png(chw_uint8, path: Union[str, os.PathLike], scale: int = 1) -> None:
     """Write one (C, H, W) uint8 image atomically."""
-    from finc_cli.atomic import atomic_path
+    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         _to_pil(chw_uint8, scale).save(tmp, format="PNG")
@@ -140,7 +140,7 @@ def save_labelled_rows(
     body = _to_pil(grid, scale)
     row_height = (rows[0][1].shape[-2] + PADDING) * scale  # one row's stride in the picture
     picture, label_width = _with_labels(body, [label for label, _ in rows], row_height, PADDING * scale)
-    from finc_cli.atomic import atomic_path
+    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         picture.save(tmp, format="PNG")

@@ -307,7 +307,7 @@ def report(
     `progress(total)` returns `advance(n)`, called once per stage. Nothing is written when the
     run directory is not one; the PNG is replaced atomically.
     """
-    from finc_cli.atomic import atomic_path, check_output_file
+    from finc_cli.files.atomic import atomic_path, check_output_file
 
     run = Path(run_dir)
     _check_run(run)

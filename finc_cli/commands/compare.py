@@ -105,9 +105,9 @@ def variant_row(
     FT and ST are measured later for all variants at once (`_timing`), so that their ratios share one run.
     """
     from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
-    from finc_cli.evaluate import evaluate
+    from finc_cli.commands.evaluate import evaluate
+    from finc_cli.commands.invert import invert
     from finc_cli.flows.convolutions import CONV_LABELS
-    from finc_cli.invert import invert
 
     ckpt = run_dir / "best.pt"
     data = read_checkpoint(ckpt)
@@ -202,7 +202,7 @@ def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, t
     """{conv: FT/ST columns}: every variant's architecture timed in one `model_rows` run, interleaved, so
     the ratios share the machine's load; kept in OUT/timing.json and reused while convs and settings match."""
     from finc_cli.bench.model import model_rows
-    from finc_cli.device import resolve_device
+    from finc_cli.runtime.device import resolve_device
 
     path = out / "timing.json"
     settings = {"convs": convs, **{k: timing[k] for k in ("batch", "repeats", "warmup", "threads")}}
@@ -356,13 +356,13 @@ def compare_markdown(result: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from finc_cli.atomic import atomic_write_text
+    from finc_cli.files.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_tables(out: Path, preset: str, steps: int, seeds: list[int], runs: list[dict]) -> dict:
-    from finc_cli.atomic import atomic_write_text
+    from finc_cli.files.atomic import atomic_write_text
 
     result = _summary(out, preset, steps, seeds, runs)
     _write_json(out / "compare.json", result)

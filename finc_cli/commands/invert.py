@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from finc_cli.atomic import check_output_file
 from finc_cli.errors import ImageInputError, InputError
+from finc_cli.files.atomic import check_output_file
 
 __all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
@@ -17,7 +17,7 @@ LATENTS_FORMAT = "finc-latents"
 def save_latents(path: str, latents, meta: dict) -> None:
     import torch
 
-    from finc_cli.atomic import atomic_path
+    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         torch.save({"format": LATENTS_FORMAT, "latents": [z.cpu() for z in latents], **meta}, tmp)
@@ -87,8 +87,8 @@ def invert(
     `decoded_out` grid shows each original above its reconstruction, upscaled by `scale`.
     """
     from finc_cli.checkpoint import load_checkpoint
-    from finc_cli.device import resolve_device
     from finc_cli.inverse import use_backend
+    from finc_cli.runtime.device import resolve_device
 
     _check_outputs(save_latents_to, decoded_out, threshold)
     dev = resolve_device(device)
@@ -105,7 +105,7 @@ def invert(
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
     if decoded_out:
-        from finc_cli.images import save_pairs_grid
+        from finc_cli.files.images import save_pairs_grid
 
         save_pairs_grid(x, decoded, decoded_out, model.bins, scale=scale)
     worst = max(result["layers"], key=lambda r: r["max_abs_err"], default=None)
@@ -131,7 +131,7 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Op
         decoded = model.decode(latents)
     result = {"n_images": decoded.shape[0], "decode_seconds": time.perf_counter() - t0, "source": path}
     if decoded_out:
-        from finc_cli.images import save_grid
+        from finc_cli.files.images import save_grid
 
         save_grid(decoded, decoded_out, model.bins, scale=scale)
         result["decoded_out"] = decoded_out
@@ -143,7 +143,7 @@ def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, not
     import torch
 
     if images:
-        from finc_cli.images import load_images
+        from finc_cli.files.images import load_images
 
         return load_images(images, *model.image_shape, model.bins), f"{len(images)} image file(s)"
     from finc_cli.data.batches import fetch
@@ -188,7 +188,7 @@ def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
 def _round_trip_batch(model, x, progress=None) -> dict:
     import torch
 
-    from finc_cli.data.preprocess import quantize
+    from finc_cli.flows.logit import quantize
 
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     with torch.no_grad():

@@ -1,0 +1,3 @@
+"""File helpers every layer may use: atomic writes, the run directory's lock, and image files."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Process helpers every layer may use: the device choice and torch.distributed glue."""
+
+__all__: list[str] = []
