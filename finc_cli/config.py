@@ -20,7 +20,6 @@ __all__ = [
     "CONV_CHOICES",
     "config_yaml",
     "DataConfig",
-    "LEGACY_KEYS",
     "list_presets",
     "load_preset",
     "ModelConfig",
@@ -117,20 +116,6 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
-# Keys older presets, overrides and checkpoints may hold, read as today's: model.finc true/false -> model.conv.
-LEGACY_KEYS = {"model.finc": "model.conv"}
-
-
-def _legacy(section: str, values: dict) -> dict:
-    """values with the legacy model.finc (true/false) read as model.conv (finc/none); both at odds -> error."""
-    if section != "model" or "finc" not in values:
-        return values
-    out = {k: v for k, v in values.items() if k != "finc"}
-    conv = "finc" if _coerce(values["finc"], bool, "model.finc") else "none"
-    if "conv" in out and out["conv"] != conv:
-        raise ConfigError(f"model.finc={values['finc']} contradicts model.conv={out['conv']}; keep only model.conv")
-    out["conv"] = conv
-    return out
 
 
 def list_presets() -> list[str]:
@@ -182,7 +167,7 @@ def _apply_section(obj: Any, values: dict, prefix: str) -> None:
     names = [f.name for f in fields(obj)]
     if not isinstance(values, dict):
         raise ConfigError(f"'{prefix}' must be a mapping of keys to values")
-    for key, value in _legacy(prefix, values).items():
+    for key, value in values.items():
         if key not in names:
             raise _unknown(f"{prefix}.{key}", [f"{prefix}.{n}" for n in names])
         setattr(obj, key, _coerce(value, hints[key], f"{prefix}.{key}"))
@@ -227,7 +212,6 @@ def apply_overrides(cfg: Config, overrides: Optional[dict]) -> Config:
             _apply_section(getattr(cfg, section), {name: value}, section)
         else:
             owners = [s for s, c in SECTIONS.items() if key in {f.name for f in fields(c)}]
-            owners = owners or [k.partition(".")[0] for k in LEGACY_KEYS if k.partition(".")[2] == key]
             if len(owners) != 1:
                 known = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in fields(c)]
                 if owners:
@@ -317,7 +301,6 @@ def _qualified(key: str) -> str:
     if "." in key:
         return key
     owners = [s for s, c in SECTIONS.items() if key in {f.name for f in fields(c)}]
-    owners = owners or [k.partition(".")[0] for k in LEGACY_KEYS if k.partition(".")[2] == key]
     return f"{owners[0]}.{key}" if len(owners) == 1 else key
 
 
@@ -325,8 +308,6 @@ def check_resume_overrides(run: Config, overrides: Optional[dict]) -> None:
     """Refuse, before anything is loaded, an override that would change a key fixed by the run."""
     for key, value in (overrides or {}).items():
         name = _qualified(key)
-        if name in LEGACY_KEYS:  # model.finc=false on resume means model.conv=none
-            name, value = LEGACY_KEYS[name], _legacy("model", {"finc": value})["conv"]
         section, _, field_name = name.partition(".")
         if name in RESUMABLE_KEYS or section not in SECTIONS or not hasattr(getattr(run, section), field_name):
             continue

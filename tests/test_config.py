@@ -61,7 +61,8 @@ def test_unknown_presets(name, words):
         ("train:\n  lr: fast\n", ["'train.lr' must be a number"]),
         ("model:\n  levels: 2.5\n", ["'model.levels' must be an integer"]),
         ("model:\n  levels: true\n", ["'model.levels' must be an integer"]),
-        ("model:\n  finc: 1\n", ["'model.finc' must be true or false"]),
+        ("model:\n  finc: true\n", ["unknown config key 'model.finc'", "did you mean"]),
+        ("data:\n  hflip: 1\n", ["'data.hflip' must be true or false"]),
         ("model:\n  conv1x1: qr\n", ["model.conv1x1 must be 'lu' or 'plain'"]),
         ("train:\n  max_bad_steps: 0\n", ["train.max_bad_steps must be >= 1"]),
     ],
@@ -92,7 +93,7 @@ def test_overrides_are_typed():
     "text,expected",
     [
         ("train.lr=0.5", ("train.lr", 0.5)),
-        ("model.finc=false", ("model.finc", False)),
+        ("data.hflip=false", ("data.hflip", False)),
         ("train.grad_clip=null", ("train.grad_clip", None)),
         ("train.grad_clip=", ("train.grad_clip", None)),
         ("data.name=mnist", ("data.name", "mnist")),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import cli_run
 import pytest
 import torch
 import yaml
 from jacobians import dense_jacobian
 
 from finc_cli.checkpoint import load_checkpoint, save_checkpoint
-from finc_cli.config import Config, ModelConfig, check_resume_overrides, config_from_dict, load_preset
-from finc_cli.errors import ConfigError
+from finc_cli.config import Config, ModelConfig, load_preset
+from finc_cli.errors import CheckpointError, ConfigError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv_init import conv_init_scale
 from finc_cli.flows.convolutions import CONVOLUTIONS, conv_kind, make_conv
@@ -149,47 +150,35 @@ def test_unknown_conv_is_a_config_error():
 
 
 # ---------------------------------------------------------------------------------------------
-# the legacy key model.finc: presets, overrides, resume and old checkpoints
+# model.finc (the key before model.conv) is unknown everywhere: presets, overrides, the CLI, checkpoints
 
 
-def test_legacy_finc_key_in_a_preset_and_overrides(tmp_path):
+def test_model_finc_is_an_unknown_key_in_presets_and_overrides(tmp_path):
     preset = tmp_path / "old.yaml"
     preset.write_text(yaml.safe_dump({"data": {"name": "digits"}, "model": {"finc": False, "steps": 1}}))
-    assert load_preset(str(preset)).model.conv == "none"
-    assert load_preset("digits", {"model.finc": False}).model.conv == "none"
-    assert load_preset("digits", {"finc": False}).model.conv == "none"
-    assert load_preset("digits", {"model.conv": "cinc", "model.finc": True}).model.conv == "finc"  # last wins
-    assert "finc" not in load_preset(str(preset)).to_dict()["model"]  # saved configs hold model.conv only
-    with pytest.raises(ConfigError, match="contradicts model.conv"):
-        config_from_dict({"model": {"finc": True, "conv": "emerging"}})
-    with pytest.raises(ConfigError, match="'model.finc' must be true or false"):
-        config_from_dict({"model": {"finc": 1}})
+    for load in (lambda: load_preset(str(preset)), lambda: load_preset("digits", {"model.finc": False})):
+        with pytest.raises(ConfigError, match=r"unknown config key 'model.finc' \(did you mean"):
+            load()
+    with pytest.raises(ConfigError, match="unknown config key 'finc'"):
+        load_preset("digits", {"finc": False})
 
 
-def test_legacy_finc_override_on_resume_is_checked_against_conv():
-    run = config_from_dict({"model": {"conv": "finc"}})
-    check_resume_overrides(run, {"model.finc": True})  # the same architecture: allowed
-    with pytest.raises(ConfigError, match="model.conv cannot change on resume"):
-        check_resume_overrides(run, {"model.finc": False})
+def test_model_finc_on_the_command_line_is_one_clean_line():
+    result = cli_run.invoke("config", "--set", "model.finc=true")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: unknown config key 'model.finc' (did you mean" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("finc", [True, False])
-def test_old_checkpoint_with_model_finc_loads(tmp_path, finc):
-    """A checkpoint whose saved config has model.finc and no model.conv (written before model.conv existed)."""
+def test_model_finc_in_a_checkpoint_config_is_refused(tmp_path):
     cfg = Config()
-    cfg.model = _cfg(conv="finc" if finc else "none", levels=2, steps=1)
-    torch.manual_seed(0)
-    model = _randomize(build_model(cfg))
+    cfg.model = _cfg(levels=1, steps=1)
     old = cfg.to_dict()
     del old["model"]["conv"]
-    old["model"]["finc"] = finc
+    old["model"]["finc"] = True
     path = tmp_path / "old.pt"
-    save_checkpoint(path, {"config": old, "model": model.state_dict()})
-    loaded, loaded_cfg = load_checkpoint(path)
-    assert loaded_cfg.model.conv == ("finc" if finc else "none")
-    x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    torch.testing.assert_close(loaded(x, generator=g()), model.eval()(x, generator=g()))
+    save_checkpoint(path, {"config": old, "model": build_model(cfg).state_dict()})
+    with pytest.raises(CheckpointError, match="unknown config key 'model.finc'"):
+        load_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------

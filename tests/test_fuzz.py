@@ -32,7 +32,7 @@ def _draw(rng: random.Random) -> tuple[dict, tuple[int, int, int], torch.dtype]:
         "model.kernel_size": pick([1, 2, 3, 3, 4, 5], [0, -2]),
         "model.hidden": pick([1, 4, 8], [0, "wide"]),
         "model.conv1x1": pick(["lu", "plain"], ["qr"]),
-        "model.finc": rng.random() < 0.85,
+        "model.conv": "finc" if rng.random() < 0.85 else "none",
     }
     size = lambda: pick([2, 4, 4, 8, 8], [3, 5, 6, 12])  # noqa: E731 - odd or non-power-of-2 sizes limit the levels
     shape = (rng.choice([1, 2, 3]), size(), size())

@@ -41,12 +41,8 @@ DEBUG_ENV = "FINC_DEBUG"
 
 state = {"debug": False}  # set by `finc --debug`
 
-# Typer's own exits and usage errors pass through to Typer (older Typer versions re-export Click's).
-_TYPER_EXCEPTIONS = tuple(
-    t
-    for t in (typer.Exit, getattr(typer, "Abort", None), getattr(typer, "TyperException", None), typer.BadParameter)
-    if t
-)
+# Typer's own exits and usage errors pass through to Typer.
+_TYPER_EXCEPTIONS = (typer.Exit, typer.Abort, typer.BadParameter)
 
 
 def _io_message(exc: OSError) -> str:

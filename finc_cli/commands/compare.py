@@ -180,7 +180,6 @@ def compare(
         _check_same_run(run_dir, cfg)
         row = _finished_row(run_dir, steps)
         if row is not None:
-            row = {**row, "seed": row.get("seed", cfg.train.seed)}  # rows written before seeds were recorded
             say(f"[{i}/{len(plan)}] {name}: finished before ({steps} steps), skipped")
         else:
             resume = "auto" if (run_dir / "last.pt").is_file() else None

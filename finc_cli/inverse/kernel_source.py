@@ -11,7 +11,6 @@ __all__ = [
     "ctype",
     "entry_name",
     "entry_names",
-    "FUSED_KINDS",
     "INVERSE_KINDS",
     "INVERSE_SOURCE",
     "kernel_dir",
@@ -29,7 +28,6 @@ KERNEL_DIRS = (_PACKAGE_ROOT / "kernels", _PACKAGE_ROOT.parent / "kernels")
 INVERSE_SOURCE = "finc_inverse.cu"
 
 # Entry templates of finc_inverse.cu, each instantiated as <T, K, CG> (the ring adds RING).
-FUSED_KINDS = ("tile", "ring")
 INVERSE_KINDS = ("tile", "ring", "prepare", "diagonal", "paper_step")
 
 _CTYPES = {torch.float32: "float", torch.float64: "double"}

@@ -18,7 +18,6 @@ __all__ = [
     "gather_values",
     "max_over_ranks",
     "setup",
-    "unwrap",
 ]
 
 
@@ -65,10 +64,6 @@ def cleanup() -> None:
 
 def active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def barrier() -> None:
