@@ -51,7 +51,6 @@ def test_train_writes_config_metrics_checkpoints_and_samples(run):
     records = metrics(run)
     assert [r["step"] for r in records if "loss_bpd" in r] == [1, 2, 3]  # log_every=1
     assert [r["step"] for r in records if "val_bpd" in r] == [2, 3]  # eval_every=2, and at the end
-    assert all(isinstance(r, dict) for r in records)
     assert read_checkpoint(run / "last.pt")["train_state"]["step"] == 3
     assert read_checkpoint(run / "best.pt")["train_state"]["step"] in (2, 3)
     grids = list((run / "samples").glob("*.png"))
@@ -158,7 +157,7 @@ def test_invert_json_reports_exact_reconstruction_per_unit(ckpt):
         assert {"layer", "max_abs_err", "mean_abs_err", "flagged"} <= set(row)
         assert row["flagged"] is False
     assert data["worst_layer"] in [row["layer"] for row in data["layers"]]
-    assert data["encode_seconds"] >= 0 and data["decode_seconds"] >= 0
+    assert 0 < data["encode_seconds"] < 60 and 0 < data["decode_seconds"] < 60  # timed, not left at 0
 
 
 def test_saved_latents_decode_to_the_same_images(ckpt, tmp_path):

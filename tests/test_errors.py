@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import finc_cli.errors as errors
 from finc_cli.cli.main import app
 from finc_cli.config import load_preset
+from finc_cli.model import build_model
 
 
 def _invoke(*args, env=None):
@@ -35,15 +36,8 @@ def test_every_user_error_is_a_finc_error():
     assert errors.FincError.exit_code == 2 and errors.TrainingDiverged.exit_code == 1
 
 
-def test_modules_raise_the_shared_classes():
-    from finc_cli import checkpoint, config, inverse
-    from finc_cli.data import datasets
-
-    assert config.ConfigError is errors.ConfigError and checkpoint.CheckpointError is errors.CheckpointError
-    assert inverse.InverseBackendError is errors.InverseBackendError and datasets.DatasetError is errors.DatasetError
+def test_an_architecture_that_does_not_fit_the_data_is_a_config_error():
     with pytest.raises(errors.ConfigError, match="at most 3 levels"):
-        from finc_cli.model import build_model
-
         build_model(load_preset("digits", {"model.levels": 4}))
 
 

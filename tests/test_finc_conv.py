@@ -1,11 +1,16 @@
 """FInCConv2d and the inverse seam against dense references (float64, tiny shapes)."""
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 from jacobians import dense_jacobian
 
 from finc_cli import inverse
+from finc_cli.errors import InverseBackendError
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
+from finc_cli.inverse import cupy_backend
 from finc_cli.inverse.reference import ORIENTATIONS
 
 SHAPES = [  # (B, C, H, W, k)
@@ -186,5 +191,59 @@ def test_backend_selection_order(monkeypatch):
         inverse.select_backend(y)
     monkeypatch.delenv(inverse.ENV_VAR)
     assert inverse.select_backend(y) in ("native", "wavefront")
-    with pytest.raises(inverse.InverseBackendError, match="CUDA tensors"):
+    # On a CPU tensor, naming cupy is refused: for want of CuPy where it is missing, else of CUDA.
+    with pytest.raises(inverse.InverseBackendError, match="CUDA tensors|pip install cupy-cuda13x"):
         inverse.select_backend(y, "cupy")
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """CuPy unimportable, as on macOS and Windows, with the backend's per-device cache emptied."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(cupy_backend, "_reasons", {})
+    monkeypatch.delenv(inverse.ENV_VAR, raising=False)
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(InverseBackendError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2
+    return message
+
+
+def test_naming_cupy_without_cupy_says_what_to_install(no_cupy, monkeypatch):
+    y, w = torch.zeros(1, 4, 3, 3), torch.zeros(4, 1, 1, 3, 3)
+
+    def in_context():
+        with inverse.use_backend("cupy"):
+            inverse.solve(y, w)
+
+    asks = [lambda: inverse.select_backend(y, "cupy"), lambda: cupy_backend.cupy_inverse(y, w, torch.ones(4, 1, 1))]
+    for ask in [*asks, in_context]:
+        assert "needs CuPy: pip install cupy-cuda13x" in _one_line_error(ask)
+    monkeypatch.setenv(inverse.ENV_VAR, "cupy")
+    assert "pip install cupy-cuda13x" in _one_line_error(lambda: inverse.solve(y, w))
+
+
+def test_a_broken_cupy_install_gives_its_own_first_line(monkeypatch):
+    def broken():
+        raise ImportError("libnvrtc.so.13: cannot open shared object file\nsecond line")
+
+    monkeypatch.setattr(cupy_backend, "_import_cupy", broken)
+    message = _one_line_error(lambda: inverse.select_backend(torch.zeros(1, 4, 3, 3), "cupy"))
+    assert "ImportError: libnvrtc.so.13: cannot open shared object file" in message
+    assert "pip install cupy-cuda13x" in message and "second line" not in message
+
+
+def test_auto_falls_back_without_cupy_and_keeps_the_reason(no_cupy, monkeypatch):
+    layer = FInCConv2d(4, 3).double()
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    assert inverse.select_backend(x) in ("native", "wavefront")
+    assert (layer.inverse(layer(x)[0])[0] - x).abs().max() < 1e-9  # not assert_close: it may import cupyx
+    # As if on a GPU: auto passes over CuPy silently, and the reason says why.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+    assert inverse.select_backend(on_gpu) == "wavefront"
+    assert not cupy_backend.is_available("cuda:0")
+    assert cupy_backend.unavailable_reason("cuda:0").startswith("ModuleNotFoundError")

@@ -8,21 +8,15 @@ from finc_problems import random_finc_problem
 
 from finc_cli import inverse as seam
 from finc_cli.flows.finc_conv import FInCConv2d, finc_conv2d
+from finc_cli.inverse import cupy_backend
 from finc_cli.inverse.reference import reference_inverse
 from finc_cli.inverse.wavefront import wavefront_inverse
 
-
-def _gpu_ready() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    from finc_cli.inverse import cupy_backend
-
-    return cupy_backend.is_available("cuda")
-
+WHY_NOT = cupy_backend.unavailable_reason("cuda")  # None on a GPU that CuPy can use
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU with CuPy"),
+    pytest.mark.skipif(WHY_NOT is not None, reason=f"needs a CUDA GPU with CuPy: {WHY_NOT}"),
 ]
 
 DTYPES = [torch.float32, torch.float64]

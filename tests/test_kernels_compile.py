@@ -125,5 +125,5 @@ def test_cupy_backend_imports_and_refuses_cleanly_without_a_gpu():
     if not torch.cuda.is_available():
         assert cupy_backend.is_available("cuda") is False
     y = torch.zeros(1, 4, 3, 3)
-    with pytest.raises(InverseBackendError, match="CUDA tensors"):
+    with pytest.raises(InverseBackendError, match="CUDA tensors|pip install cupy-cuda13x"):  # the latter without CuPy
         cupy_backend.cupy_inverse(y, torch.zeros(4, 1, 1, 3, 3), torch.ones(4, 1, 1))

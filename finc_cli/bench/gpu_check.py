@@ -321,8 +321,9 @@ def gpu_check(out: Path, tests: bool = True, models: bool = True, train: bool = 
     else:
         from finc_cli.inverse import cupy_backend
 
-        if not cupy_backend.is_available("cuda"):
-            result["error"] = "CuPy cannot use this GPU: the cupy backend is unavailable"
+        reason = cupy_backend.unavailable_reason("cuda")
+        if reason is not None:
+            result["error"] = f"CuPy cannot use this GPU: {reason}"
         else:
             result["units"] = unit_rows()
         if models:

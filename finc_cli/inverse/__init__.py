@@ -16,7 +16,8 @@ differentiable (the inverse is used for sampling and reconstruction).
 
 Selection: explicit argument > `use_backend(...)` context > $FINC_INVERSE_BACKEND > auto
 (cupy for CUDA tensors when CuPy works, else native on the CPU when a C compiler works,
-else wavefront).
+else wavefront). Naming cupy where CuPy does not import is an InverseBackendError that says
+what to install; auto falls back silently.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from finc_cli.errors import InverseBackendError
 __all__ = [
     "ENV_VAR",
     "InverseBackendError",
-    "backend_names",
     "centre_inverse",
     "get_backend",
     "is_available",
@@ -55,10 +55,6 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 _local = threading.local()
-
-
-def backend_names() -> list[str]:
-    return list(_REGISTRY)
 
 
 def register_backend(name: str, module: str, function: str) -> None:
@@ -101,6 +97,8 @@ def select_backend(y: torch.Tensor, backend: Optional[str] = None) -> str:
         return "native" if is_available("native", y.device) else "wavefront"
     if name not in _REGISTRY:
         raise InverseBackendError(f"unknown inverse backend '{name}'; choose one of: auto, {', '.join(_REGISTRY)}")
+    if name == "cupy":  # asked for by name: a missing CuPy is an error naming the install, not a fallback
+        importlib.import_module(_REGISTRY[name][0]).require_cupy()
     if name == "cupy" and not y.is_cuda:
         raise InverseBackendError(
             "the cupy inverse backend needs CUDA tensors; use --device cuda or backend 'wavefront'"

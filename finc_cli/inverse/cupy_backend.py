@@ -28,8 +28,11 @@ __all__ = [
     "cupy_inverse",
     "cupy_inverse_paper_schedule",
     "is_available",
+    "INSTALL",
     "plan_launch",
+    "require_cupy",
     "shared_memory_limit",
+    "unavailable_reason",
 ]
 
 PORTABLE_SHARED = 48 * 1024  # dynamic shared memory every CUDA device grants without opt-in
@@ -38,9 +41,10 @@ GRID_THREADS = 256  # FINC_GRID_BLOCK in the .cu
 ITEMS_PER_BLOCK = 256  # small images are packed into one block up to about this many threads
 MAX_GRID = 65535  # blocks in grid.x of the fused kernels / grid.y of the per-diagonal ones
 PATHS = ("auto", "tile", "ring", "diagonal")
+INSTALL = "pip install cupy-cuda13x"  # the CuPy wheel for CUDA 13, the one pyproject.toml names
 
 _lock = threading.Lock()
-_available: dict[int, bool] = {}
+_reasons: dict[int, Optional[str]] = {}  # device index -> why CuPy cannot run there (None: it can)
 _kernels: dict[tuple, object] = {}
 _shared_optin: dict[int, int] = {}
 _optin_set: dict[tuple, int] = {}
@@ -56,52 +60,71 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _probe(index: int) -> bool:
+def _why(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _probe(index: int) -> Optional[str]:
+    """None when CuPy with NVRTC can use GPU `index`, else why not, in one line."""
     try:
         cupy = _import_cupy()
         from cupy.cuda import nvrtc
 
         nvrtc.getVersion()
-        return index < cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # noqa: BLE001 - CuPy or its CUDA libraries can fail to load in many ways: unavailable
-        return False
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CuPy or its CUDA libraries can fail to load in many ways: unavailable
+        return _why(exc)
+    return None if index < count else f"CuPy sees {count} GPU(s), none with index {index}"
+
+
+def unavailable_reason(device=None) -> Optional[str]:
+    """Why the cupy backend cannot run on `device` (one line), or None when it can; cached per device; never raises."""
+    try:
+        device = torch.device("cuda" if device is None else device)
+        if device.type != "cuda":
+            return f"{device} is not a CUDA device"
+        if not torch.cuda.is_available():
+            return "PyTorch sees no CUDA device"
+        index = _device_index(device)
+        if index not in _reasons:
+            _reasons[index] = _probe(index)
+        return _reasons[index]
+    except Exception as exc:  # noqa: BLE001 - an availability check never raises
+        return _why(exc)
 
 
 def is_available(device=None) -> bool:
     """True for a CUDA device that CuPy (with NVRTC) can use; cached per device; never raises."""
+    return unavailable_reason(device) is None
+
+
+def require_cupy():
+    """The cupy module, or an InverseBackendError naming the install (and why the import failed, if not missing)."""
     try:
-        device = torch.device("cuda" if device is None else device)
-        if device.type != "cuda" or not torch.cuda.is_available():
-            return False
-        index = _device_index(device)
-        if index not in _available:
-            _available[index] = _probe(index)
-        return _available[index]
-    except Exception:  # noqa: BLE001 - an availability check never raises
-        return False
+        return _import_cupy()
+    except ModuleNotFoundError as exc:
+        if exc.name != "cupy":  # CuPy is there but one of its own imports is not
+            raise InverseBackendError(f"the cupy inverse backend cannot import CuPy ({_why(exc)}); {INSTALL}") from None
+        raise InverseBackendError(f"the cupy inverse backend needs CuPy: {INSTALL} (or use backend 'auto')") from None
+    except Exception as exc:  # noqa: BLE001 - a broken install (CUDA libraries, ABI): one line saying so
+        raise InverseBackendError(f"the cupy inverse backend cannot import CuPy ({_why(exc)}); {INSTALL}") from None
 
 
 def _require(y: torch.Tensor):
     """CuPy, or an InverseBackendError saying in one line why it cannot run here."""
+    cupy = require_cupy()
     if not y.is_cuda:
         raise InverseBackendError("the cupy inverse backend needs CUDA tensors; use backend 'wavefront' on the CPU")
-    if not is_available(y.device):
-        try:
-            _import_cupy()
-        except Exception as exc:  # noqa: BLE001 - turned into a one-line InverseBackendError
-            raise InverseBackendError(
-                f"the cupy inverse backend needs CuPy ({exc}); install cupy-cuda12x or cupy-cuda13x "
-                "to match your CUDA, or use backend 'wavefront'"
-            ) from None
-        raise InverseBackendError(
-            f"the cupy inverse backend cannot use {y.device} (CuPy sees no such GPU or NVRTC failed to load); "
-            "use backend 'wavefront'"
-        )
+    reason = unavailable_reason(y.device)
+    if reason is not None:
+        raise InverseBackendError(f"the cupy inverse backend cannot use {y.device} ({reason}); use backend 'wavefront'")
     if y.dtype not in (torch.float32, torch.float64):
         raise InverseBackendError(
             f"the cupy inverse backend supports float32 and float64, got {y.dtype}; use backend 'wavefront'"
         )
-    return _import_cupy()
+    return cupy
 
 
 @dataclass(frozen=True)
