@@ -1,5 +1,5 @@
-"""Variational dequantization: log q(u | x) against a brute-force Jacobian, the bound against an exact likelihood,
-exactness of encode/decode, and the CLI end to end."""
+"""Variational dequantization: the bound against an exact likelihood, exactness of encode/decode, and the CLI end to
+end (log q(u | x) against the autograd Jacobian is in tests/test_flows.py's layer contract)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from jacobians import dense_jacobian
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
@@ -43,19 +42,12 @@ def test_an_untrained_dequantizer_is_uniform_dequantization():
     assert torch.allclose(u, noise, atol=1e-6) and torch.equal(log_q, torch.zeros(4))
 
 
-@pytest.mark.parametrize("steps", [0, 1, 3])
-def test_log_q_is_minus_the_log_det_of_noise_to_u(steps):
-    """u = g(noise; x) with noise ~ U(0,1)^D, so q(u | x) = 1 / |det ∂u/∂noise|: checked per image in float64."""
-    deq = _randomize(VariationalDequantizer(2, 5, hidden=4, steps=steps), 0.15).double()
+def test_u_stays_inside_the_bins():
+    """u = sigmoid(...) lies in (0, 1); log q(u | x) against the Jacobian is in tests/test_flows.py's layer contract."""
+    deq = _randomize(VariationalDequantizer(2, 5, hidden=4, steps=3), 0.15).double()
     x = torch.randint(0, 5, (3, 2, 3, 2), generator=torch.Generator().manual_seed(1))
-    noise = torch.rand(3, 2, 3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.9 + 0.05
-    u, log_q = deq(x, noise)
-    assert ((u > 0) & (u < 1)).all()
-    for i in range(3):
-        jac = dense_jacobian(lambda n, i=i: deq(x[i : i + 1].expand(n.shape[0], -1, -1, -1), n)[0], noise[i : i + 1])
-        sign, logabsdet = torch.linalg.slogdet(jac)
-        assert sign != 0
-        assert torch.allclose(log_q[i], -logabsdet, atol=1e-9, rtol=1e-9)
+    u, log_q = deq(x, torch.rand(3, 2, 3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    assert ((u > 0) & (u < 1)).all() and torch.isfinite(log_q).all()
 
 
 class TruncatedExponential(torch.nn.Module):
