@@ -259,6 +259,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.probe = fetch(self.val_ds, torch.arange(min(16, len(self.val_ds)))).to(self.device)
         self.start_step, self.t0 = self.state.step, time.perf_counter()
+        self.state.session_t0 = self.t0  # wall_s = the earlier sessions' + elapsed_s
         self.running: list = []  # losses since the last log line
         self.waits: list = []  # (data_s, compute_s) of each step since the last log line
         self.last_log = time.perf_counter()
@@ -352,7 +353,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": stats["grad_norm"],
             "it_s": its,
-            "elapsed_s": now - self.t0,
+            "elapsed_s": now - self.t0,  # this process's
+            "wall_s": self.state.wall(now),  # the run's, across resumes
             "data_s": sum(w[0] for w in waits) / len(waits),  # mean wait for the batch per step
             "compute_s": sum(w[1] for w in waits) / len(waits),  # mean forward, backward and update per step
         }
@@ -452,6 +454,7 @@ class Trainer:
             "steps": state.step,
             "steps_this_run": state.step - self.start_step,
             "seconds": time.perf_counter() - self.t0,
+            "wall_s": state.wall(),
             "val_bpd": self.last_eval.get("val_bpd"),
             "best_val_bpd": state.best_val_bpd,
             "rollbacks": state.rollbacks,
