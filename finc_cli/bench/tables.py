@@ -106,6 +106,15 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("Pss ÷ one copy", "ratio", ".2f"),
         ("added ÷ one copy", "added_ratio", ".2f"),
     ],
+    "data_check": [
+        ("format", "format", "s"),
+        ("source files", "files", ",d"),
+        ("check s (median)", "check_s", ".3f"),
+        ("min s", "check_s_min", ".3f"),
+        ("max s", "check_s_max", ".3f"),
+        ("repeats", "repeats", "d"),
+        ("load avg", "load_avg", ".1f"),
+    ],
     "data_train": [
         ("reads", "reads", "s"),
         ("workers", "workers", "d"),

@@ -312,6 +312,15 @@ def data_cli(
         typer.Option("--train/--no-train", help="Data share of celeba64 training steps, a small model (when timed)."),
     ] = True,
     train_steps: Annotated[int, typer.Option("--train-steps", min=2, help="Steps of each training run.")] = 30,
+    check_files: Annotated[
+        int,
+        typer.Option(
+            "--check-files",
+            min=0,
+            help="Time the prepared cache's check of this many CelebA-format source files (0: skip; "
+            "when celeba64 is timed).",
+        ),
+    ] = 202_599,
     repeats: Annotated[
         int, typer.Option("--repeats", min=1, help="Fresh processes per measurement, round-robin; medians reported.")
     ] = 3,
@@ -356,6 +365,9 @@ def data_cli(
         "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)
         if train and "celeba64" in chosen
         else [],
+        "source_check": bench.source_check_rows(folder, repeats, check_files)
+        if check_files and "celeba64" in chosen
+        else [],
     }
     env = _environment([], "cpu", 0, DType.float32)
     if not _output(env, rows, json_out, csv_path, extra):
@@ -373,3 +385,6 @@ def _print_data_tables(env: dict, rows: list[dict], extra: dict) -> None:
         )
     if extra["train"]:
         console.print(_rich_table("celeba64 training: waiting for data", COLUMNS["data_train"], extra["train"]))
+    if extra["source_check"]:
+        title = "the prepared cache's check of its sources (size and time of every file)"
+        console.print(_rich_table(title, COLUMNS["data_check"], extra["source_check"]))
