@@ -112,6 +112,7 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("check s (median)", "check_s", ".3f"),
         ("min s", "check_s_min", ".3f"),
         ("max s", "check_s_max", ".3f"),
+        ("CPU s (median)", "check_cpu_s", ".3f"),
         ("repeats", "repeats", "d"),
         ("load avg", "load_avg", ".1f"),
     ],

@@ -125,15 +125,19 @@ def _stat(path: Path) -> dict:
 
 
 def _folder_digest(folder: Path) -> dict:
-    """{files, digest}: SHA-256 over every entry's name, size and modification time (ns), in name order.
+    """{files, digest}: SHA-256 over every entry's (name, size, modification time in ns), in name order.
 
     A rewritten file changes its modification time (and mostly its size) even when its name and
-    the folder's entry count stay; one stat per file through os.scandir, nothing opened.
+    the folder's entry count stay. One stat per file, nothing opened: os.scandir over the folder's
+    descriptor, so each DirEntry.stat() is an fstatat relative to it (no path walked per file).
     """
-    with os.scandir(folder) as it:
-        rows = sorted((e.name, e.stat()) for e in it)
-    text = "".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n" for name, st in rows)
-    return {"files": len(rows), "digest": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()}
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with os.scandir(fd) as it:
+            rows = sorted((e.name, (st := e.stat()).st_size, st.st_mtime_ns) for e in it)
+    finally:
+        os.close(fd)
+    return {"files": len(rows), "digest": hashlib.sha256(repr(rows).encode("utf-8", "surrogateescape")).hexdigest()}
 
 
 def source_state(name: str, split: str, data_dir=None) -> list[dict]:
