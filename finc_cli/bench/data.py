@@ -32,6 +32,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from finc_cli.data.cache import source_state
+
 __all__ = [
     "DEFAULT_IMAGES",
     "DEFAULT_ROOT",
@@ -642,8 +644,6 @@ def source_check_rows(root=DEFAULT_ROOT, repeats: int = 5, files: int = CELEBA_F
     the check reads only each file's size and modification time. Timed `repeats` times after the
     writing (warm dentry and inode caches, as for any command after the first).
     """
-    from finc_cli.data.cache import source_state
-
     folder = Path(root) / "celeba64-files"
     written = write_synthetic("celeba64-files", folder, files)
     times, cpu, state = [], [], []
