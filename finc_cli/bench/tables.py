@@ -127,6 +127,14 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("step s", "step_s", ".3g"),
         ("data share", "data_share", ".1%"),
     ],
+    "threads": [
+        ("runs at once", "jobs", "d"),
+        ("threads each (asked)", "threads", "s"),
+        ("threads used", "threads_used", "d"),
+        ("steps/s each", "steps_per_s_text", "s"),
+        ("combined steps/s", "combined", ".3g"),
+        ("combined ÷ one run on all cores", "vs_all_cores", ".2f"),
+    ],
 }
 
 
@@ -154,6 +162,8 @@ def _value(row: dict, key: str) -> Any:
         return f"{row['B']},{row['C']},{row['H']},{row['W']},{row['k']}"
     if key == "arch" and "levels" in row:
         return f"{row['levels']}, {row['steps']}, {row['hidden']}"
+    if key == "steps_per_s_text" and "steps_per_s" in row:
+        return " and ".join(f"{v:.3g}" for v in row["steps_per_s"])
     if key == "params_m" and "params" in row:
         return row["params"] / 1e6
     return row.get(key)

@@ -22,6 +22,7 @@ from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.evaluate import evaluate_bpd
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.locking import exclusive_lock
+from finc_cli.threads import apply_threads, resolve_threads, step_work
 from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
     LOCK_FILE,
@@ -98,6 +99,7 @@ def train(
     overrides: Optional[dict] = None,
     reporter: Optional[Reporter] = None,
     start: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> dict[str, Any]:
     """Train a FInC Flow; write config.yaml, metrics.jsonl, last.pt, best.pt and sample grids to out_dir.
 
@@ -106,6 +108,7 @@ def train(
     When resuming, the checkpoint's config is used with `overrides` applied on top; an override
     of a key fixed by the run is refused (`config.RESUMABLE_KEYS` lists those that may change).
     Rank 0 holds the run directory's lock for the whole run: a second writer fails at once.
+    `threads` (--threads) is the CPU thread count; None follows `threads.resolve_threads`.
     """
     with contextlib.ExitStack() as held:
         trainer = Trainer(
@@ -117,6 +120,7 @@ def train(
             reporter=reporter or Reporter(),
             start=start,
             held=held,
+            threads=threads,
         )
         return trainer.run()
 
@@ -145,6 +149,7 @@ class Trainer:
         reporter: Reporter,
         start=None,
         held: Optional[contextlib.ExitStack] = None,
+        threads: Optional[int] = None,
     ):
         self.out, self.reporter = out, reporter
         self.tb: Optional[TensorBoardLogger] = None  # train.tensorboard, rank 0
@@ -162,6 +167,7 @@ class Trainer:
             require_tensorboard()  # a missing optional package fails before anything is written
         self._load_data()
         self._build_model()
+        self._set_threads(threads)
         self.fresh = data is None
         self._resume_or_initialize(data)  # also makes self.ema (None with train.ema_decay 0)
         if self.ctx.is_main:  # every input checked: only now is anything written
@@ -170,6 +176,7 @@ class Trainer:
             clean_run_dir(out, fresh=self.fresh)
             save_config(self.cfg, out / "config.yaml")
             truncate_metrics(self.metrics_path, self.state.step)
+            self._log_line({"step": self.state.step, "event": "threads", **self.threads.record()})
             for key, before, after in self.changes:
                 self._log_line(
                     {"step": self.state.step, "event": "config_changed", "key": key, "from": before, "to": after}
@@ -235,6 +242,14 @@ class Trainer:
         if self.t.precision == "bf16":
             self.model.set_autocast(torch.bfloat16)
         self.optimizer = build_optimizer(self.model, self.cfg)
+
+    def _set_threads(self, flag: Optional[int]) -> None:
+        """CPU threads for this run from the per-step work; train() leaves the caller's count as it was."""
+        micro = self.t.batch_size // (self.ctx.world_size * self.t.accumulate)
+        work = step_work(self.model.num_parameters(), micro, self.model.image_shape)
+        self.threads = resolve_threads(flag, work)
+        self.held.callback(torch.set_num_threads, torch.get_num_threads())
+        apply_threads(self.threads.n)
 
     def _resume_or_initialize(self, data: Optional[dict]) -> None:
         """Load the checkpoint's full state, or run ActNorm's data-dependent init on a fresh model."""
@@ -460,6 +475,7 @@ class Trainer:
             "rollbacks": state.rollbacks,
             "resumed_from": str(self.ckpt) if self.ckpt else None,
             "world_size": self.ctx.world_size,
+            **self.threads.record(),
             "params_sha256": params_digest(self.model),
         }
 
