@@ -135,7 +135,8 @@ def test_cli_json_is_one_object(root, monkeypatch):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
     out = json.loads(lines[0])
-    assert set(out) == {"env", "rows", "pss", "train"} and out["pss"] == out["train"] == []
+    assert set(out) == {"env", "rows", "pss", "train", "source_check"}
+    assert out["pss"] == out["train"] == out["source_check"] == []
     assert [(r["format"], r["source"], r["noise"]) for r in out["rows"]] == [
         (fmt, source, noise)
         for fmt in ("digits", "imagenet64")
@@ -207,3 +208,23 @@ def test_train_rows_report_the_data_share(root):
     assert [(r["source"], r["workers"]) for r in rows] == [("cache", 0), ("sources", 2)]
     for r in rows:
         assert _positive(r["compute_s"]) and r["data_s"] >= 0 and 0 <= r["data_share"] < 1 and r["intervals"] == 1
+
+
+def test_source_check_rows_time_every_file_of_a_celeba_folder(tmp_path):
+    (row,) = bench.source_check_rows(tmp_path, repeats=2, files=40)
+    assert row["files"] == 40 + 1 and row["repeats"] == 2  # every image and the partition file
+    assert 0 < row["check_s_min"] <= row["check_s"] <= row["check_s_max"]
+    counts = [len(read_split("celeba64", split, tmp_path / "celeba64-files")) for split in ("train", "val", "test")]
+    assert counts == [32, 4, 4]
+    assert get_dataset("celeba64", "val", tmp_path / "celeba64-files", use_cache=False)[0].shape == (3, 64, 64)
+    again = bench.source_check_rows(tmp_path, repeats=1, files=40)[0]
+    assert again["write_s"] == 0.0, "a complete folder is kept"
+
+
+def test_cli_times_the_source_check_alone(tmp_path):
+    args = ["benchmark", "data", "--root", str(tmp_path), "--formats", "celeba64", "--no-sources", "--no-cache"]
+    result = CliRunner().invoke(_app(), [*args, "--no-pss", "--no-train", "--check-files", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["rows"] == [] and [r["files"] for r in out["source_check"]] == [31]
+    assert not (tmp_path / "celeba64").exists(), "nothing else is written when nothing else is timed"

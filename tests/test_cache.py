@@ -254,3 +254,12 @@ def test_one_preparer_at_a_time(tmp_path):
         holder.wait()
     with exclusive_lock(lock, "the folder"):  # gone with its holder, even after kill -9
         pass
+
+
+def test_train_without_a_data_dir_gives_the_error_and_no_cache_hint(tmp_path, monkeypatch):
+    monkeypatch.delenv("FINC_DATA_DIR", raising=False)
+    monkeypatch.setenv("FINC_CACHE_DIR", str(tmp_path / "cache"))  # no prepared split there: the hint's case
+    result = _invoke("train", "--preset", "celeba64", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "celeba64 needs a data directory" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert "finc data prepare" not in result.output  # the hint follows sources that were read, never an error

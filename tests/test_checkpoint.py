@@ -22,6 +22,7 @@ from finc_cli.checkpoint import (
 from finc_cli.config import load_preset
 from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.model import build_model
+from finc_cli.train.state import TrainState, checkpoint_payload, restore
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +246,21 @@ def test_latents_files_are_loaded_safely(tiny, tmp_path):
     torch.save({"format": "finc-latents", "latents": [torch.zeros(1, 3, 2, 2)]}, wrong)
     with pytest.raises(ImageInputError, match="latents of shapes"):
         load_latents(str(wrong), model)
+
+
+def test_the_run_wall_time_is_saved_and_restored_and_older_checkpoints_start_at_zero():
+    cfg = load_preset("digits", {"model.steps": 1, "model.hidden": 8})
+    model = build_model(cfg)
+    optimizer = torch.optim.Adam(model.parameters())
+    before = TrainState(step=5, wall_before_s=100.0)
+    before.session_t0 -= 7.0  # this session has run 7 s
+    payload = checkpoint_payload(model, optimizer, before, cfg)
+    assert 107.0 <= payload["train_state"]["wall_s"] < 108.0
+    after = TrainState()
+    restore(payload, model, optimizer, after)
+    assert after.step == 5 and after.wall_before_s == payload["train_state"]["wall_s"]
+    assert after.wall() >= after.wall_before_s and after.wall(after.session_t0 + 2.0) == after.wall_before_s + 2.0
+    del payload["train_state"]["wall_s"]  # written before wall_s existed
+    older = TrainState()
+    restore(payload, model, optimizer, older)
+    assert older.wall_before_s == 0.0

@@ -12,6 +12,7 @@ import yaml
 from cli_run import invoke, ok
 from PIL import Image
 
+from finc_cli.checkpoint import read_checkpoint
 from finc_cli.commands.report import PANELS, read_metrics, report, summarize
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
@@ -138,3 +139,34 @@ def test_empty_metrics_gives_empty_summary(tmp_path):
     assert result["last_step"] == 0 and result["best_val_bpd"] is None and result["images_per_s"] is None
     assert result["wall_s"] == 0.0 and not math.isnan(result["wall_s"])
     assert (tmp_path / "r.png").is_file()
+
+
+@pytest.mark.slow  # three training processes
+def test_wall_time_keeps_counting_across_resumes(tmp_path):
+    out = tmp_path / "run"
+    for steps in (3, 6, 9):  # a run resumed twice: three processes
+        resume = ["--resume", out] if steps > 3 else []
+        ok(invoke("train", "--preset", "digits", "--out", out, "--steps", steps, *resume, *TINY, *EVERY))
+    train = [r for r in read_metrics(out / "metrics.jsonl") if "loss_bpd" in r]
+    assert [r["step"] for r in train] == list(range(1, 10))
+    walls, elapsed = [r["wall_s"] for r in train], [r["elapsed_s"] for r in train]
+    assert all(b > a for a, b in zip(walls, walls[1:])), f"wall_s went back: {walls}"
+    offsets = [w - e for w, e in zip(walls, elapsed)]  # the earlier sessions' wall time: fixed within a session
+    assert offsets[:3] == pytest.approx([0.0] * 3), "the first session's wall time is its elapsed time"
+    assert offsets[3:6] == pytest.approx([offsets[3]] * 3) and offsets[3] >= walls[2], "elapsed_s restarts, wall_s not"
+    assert offsets[6:] == pytest.approx([offsets[6]] * 3) and offsets[6] >= walls[5]
+    saved = read_checkpoint(out / "last.pt")["train_state"]["wall_s"]
+    assert saved >= walls[-1]  # stored for the next resume
+    result = json.loads(ok(invoke("report", out, "--json", "--out", tmp_path / "r.png")).stdout)
+    assert result["wall_s"] == pytest.approx(walls[-1])
+
+
+def test_wall_time_of_a_run_logged_before_wall_s_then_resumed():
+    records = [
+        {"step": 1, "loss_bpd": 3.0, "elapsed_s": 5.0},
+        {"step": 2, "loss_bpd": 2.9, "elapsed_s": 9.0},  # an older finc: elapsed_s only
+        {"step": 3, "loss_bpd": 2.8, "elapsed_s": 2.0, "wall_s": 2.0},  # resumed by this one, from 0
+        {"step": 4, "loss_bpd": 2.7, "elapsed_s": 4.0, "wall_s": 4.0},
+    ]
+    assert summarize(records)["wall_s"] == pytest.approx(9.0 + 4.0)
+    assert summarize(records[:2])["wall_s"] == pytest.approx(9.0)

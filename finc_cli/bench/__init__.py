@@ -1,4 +1,4 @@
-"""Benchmarks: timing, the layer / model / scaling benchmarks, tables, the `make bench` report and the GPU check.
+"""Benchmarks: timing, the layer / model / scaling / threads benchmarks, tables, `make bench` and the GPU check.
 
 The row functions are re-exported lazily so that importing `finc_cli.bench.tables` (for the CLI's
 rendering) does not import torch.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["environment", "fit_exponents", "layer_rows", "model_rows", "paper_rows", "scaling_rows"]
+__all__ = ["environment", "fit_exponents", "layer_rows", "model_rows", "paper_rows", "scaling_rows", "thread_rows"]
 
 _HOME = {
     "environment": "finc_cli.bench.timing",
@@ -17,6 +17,7 @@ _HOME = {
     "paper_rows": "finc_cli.bench.model",
     "scaling_rows": "finc_cli.bench.scaling",
     "fit_exponents": "finc_cli.bench.scaling",
+    "thread_rows": "finc_cli.bench.threads",
 }
 
 

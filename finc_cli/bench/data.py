@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
 import os
 import pickle
@@ -31,6 +32,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from finc_cli.data.cache import source_state
+
 __all__ = [
     "DEFAULT_IMAGES",
     "DEFAULT_ROOT",
@@ -43,6 +46,7 @@ __all__ = [
     "measure",
     "measure_fresh",
     "pss_rows",
+    "source_check_rows",
     "train_rows",
     "write_synthetic",
 ]
@@ -53,6 +57,7 @@ FORMATS = ("digits", "mnist", "cifar10", "imagenet64", "celeba64")
 NOISE = ("cpu", "device")
 # Official training images per synthetic set: MNIST's, CIFAR-10's and CelebA's real counts; 100k for ImageNet64.
 DEFAULT_IMAGES = {"mnist": 60_000, "cifar10": 50_000, "imagenet32": 100_000, "imagenet64": 100_000, "celeba64": 162_770}
+CELEBA_FILES = 202_599  # images in CelebA's official partition (162,770 train, 19,867 val, 19,962 test)
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "finc-bench-data"
 # A short step, so that the data share is visible: no learned dequantizer and no weight average either.
 SMALL_MODEL = {
@@ -155,17 +160,27 @@ def _write_imagenet(root: Path, n: int, rng: np.random.Generator, size: int = 64
     return paths
 
 
-def _write_celeba(root: Path, n: int, rng: np.random.Generator) -> list[Path]:
-    """celeba/img_align_celeba/NNNNNN.jpg (178×218) and list_eval_partition.txt ("NNNNNN.jpg 0|1|2")."""
+def _write_celeba(root: Path, n: int, rng: np.random.Generator, files: Optional[int] = None) -> list[Path]:
+    """celeba/img_align_celeba/NNNNNN.jpg (178×218) and list_eval_partition.txt ("NNNNNN.jpg 0|1|2").
+
+    With `files`, that many images in all (n of them train, the rest split between val and test),
+    each a copy of one tiny 8×8 JPEG: a valid set whose cost is its file count, for the source check.
+    """
     from PIL import Image
 
     folder = root / "celeba"
     images = folder / "img_align_celeba"
     images.mkdir(parents=True, exist_ok=True)
-    codes = [0] * n + [1] * _held_out(n) + [2] * _held_out(n)
+    val = _held_out(n) if files is None else (files - n) // 2
+    codes = [0] * n + [1] * val + [2] * (_held_out(n) if files is None else files - n - val)
     names = [f"{i:06d}.jpg" for i in range(1, len(codes) + 1)]
-    done = 0
-    for chunk in _images(rng, len(codes), 3, 218, 178):
+    if files is not None:
+        tiny = io.BytesIO()
+        Image.fromarray(_pixels(rng, 1, 3, 8, 8)[0].transpose(1, 2, 0)).save(tiny, format="JPEG")  # (H, W, C)
+        for name in names:
+            (images / name).write_bytes(tiny.getvalue())
+    done = len(names) if files is not None else 0
+    for chunk in _images(rng, len(codes) - done, 3, 218, 178):
         for pixels in chunk:
             Image.fromarray(pixels.transpose(1, 2, 0)).save(images / names[done], quality=JPEG_QUALITY)  # (H, W, C)
             done += 1
@@ -180,6 +195,7 @@ WRITERS: dict[str, Callable[[Path, int, np.random.Generator], list[Path]]] = {
     "imagenet32": partial(_write_imagenet, size=32),
     "imagenet64": _write_imagenet,
     "celeba64": _write_celeba,
+    "celeba64-files": lambda root, n, rng: _write_celeba(root, n - 2 * (n // 10), rng, files=n),  # tiny JPEGs
 }
 
 
@@ -429,7 +445,7 @@ def data_rows(
     callback advanced once per measurement.
     """
     configs = []  # (fmt, source, data_dir, cache_dir), measure_fresh's keywords, prepare_s
-    for fmt in formats:
+    for fmt in formats if sources or cache else ():  # neither timed: nothing to write
         setup = ensure(fmt, root, (images or {}).get(fmt), cache=cache)
         kw = {"steps": steps, "warmup": warmup, "seed": seed, **_preset_options(fmt, batch_size, hflip, translate)}
         for source in [m for m, on in (("sources", sources), ("cache", cache)) if on]:
@@ -615,6 +631,40 @@ def pss_rows(
         summary = {"source": source, "process": "all", "images": each[0]["images"], "array_mb": one_copy, **total}
         rows += each + [{**summary, "ratio": total["pss_mb"] / one_copy, "added_ratio": added / one_copy}]
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the prepared cache's check of its sources
+
+
+def source_check_rows(root=DEFAULT_ROOT, repeats: int = 5, files: int = CELEBA_FILES) -> list[dict]:
+    """Seconds to stat and digest the sources of a prepared CelebA split, as every use of the cache does.
+
+    The folder holds `files` CelebA-layout images (CelebA's count by default) as tiny valid JPEGs:
+    the check reads only each file's size and modification time. Timed `repeats` times after the
+    writing (warm dentry and inode caches, as for any command after the first).
+    """
+    folder = Path(root) / "celeba64-files"
+    written = write_synthetic("celeba64-files", folder, files)
+    times, cpu, state = [], [], []
+    for _ in range(max(1, repeats)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        state = source_state("celeba64", "train", folder)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return [
+        {
+            "format": "celeba64",
+            "files": sum(s.get("files", 1) for s in state),
+            "write_s": written["seconds"],
+            "check_s": statistics.median(times),
+            "check_s_min": min(times),
+            "check_s_max": max(times),
+            "check_cpu_s": statistics.median(cpu),  # this process's CPU time: less sensitive to other load
+            "repeats": len(times),
+            "load_avg": os.getloadavg()[0],
+        }
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,6 +106,16 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("Pss ÷ one copy", "ratio", ".2f"),
         ("added ÷ one copy", "added_ratio", ".2f"),
     ],
+    "data_check": [
+        ("format", "format", "s"),
+        ("source files", "files", ",d"),
+        ("check s (median)", "check_s", ".3f"),
+        ("min s", "check_s_min", ".3f"),
+        ("max s", "check_s_max", ".3f"),
+        ("CPU s (median)", "check_cpu_s", ".3f"),
+        ("repeats", "repeats", "d"),
+        ("load avg", "load_avg", ".1f"),
+    ],
     "data_train": [
         ("reads", "reads", "s"),
         ("workers", "workers", "d"),
@@ -116,6 +126,14 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
         ("compute s/step", "compute_s", ".3g"),
         ("step s", "step_s", ".3g"),
         ("data share", "data_share", ".1%"),
+    ],
+    "threads": [
+        ("runs at once", "jobs", "d"),
+        ("threads each (asked)", "threads", "s"),
+        ("threads used", "threads_used", "d"),
+        ("steps/s each", "steps_per_s_text", "s"),
+        ("combined steps/s", "combined", ".3g"),
+        ("combined ÷ one run on all cores", "vs_all_cores", ".2f"),
     ],
 }
 
@@ -144,6 +162,8 @@ def _value(row: dict, key: str) -> Any:
         return f"{row['B']},{row['C']},{row['H']},{row['W']},{row['k']}"
     if key == "arch" and "levels" in row:
         return f"{row['levels']}, {row['steps']}, {row['hidden']}"
+    if key == "steps_per_s_text" and "steps_per_s" in row:
+        return " and ".join(f"{v:.3g}" for v in row["steps_per_s"])
     if key == "params_m" and "params" in row:
         return row["params"] / 1e6
     return row.get(key)

@@ -1,4 +1,4 @@
-"""`finc benchmark layer|model|scaling|data`: thin wrappers over finc_cli.bench (torch imported lazily)."""
+"""`finc benchmark layer|model|scaling|data|threads`: thin wrappers over finc_cli.bench (torch imported lazily)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
+from finc_cli.cli.common import ThreadsOpt, console, emit_json, handle_errors, parse_sets, use_threads
 from finc_cli.cli.progress import progress_bars
 
 __all__ = [
@@ -17,13 +17,14 @@ __all__ = [
     "model_cli",
     "register",
     "scaling_cli",
+    "threads_cli",
 ]
 
 bench_app = typer.Typer(
     name="benchmark",
     help=(
         "Time FInC against Emerging, CInC and Glow: one layer, a preset's model, or scaling with n and k; "
-        "and the data pipeline of each dataset format."
+        "the data pipeline of each dataset format; and training runs side by side with a thread count each."
     ),
     no_args_is_help=True,
 )
@@ -36,7 +37,6 @@ class DType(str, Enum):
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Floating point type.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="torch.set_num_threads (CPU).")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per variant.")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per variant first.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help='Print one JSON object {"env":..., "rows":[...]}.')]
@@ -110,7 +110,7 @@ def layer_cli(
     backends: BackendsOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
-    threads: ThreadsOpt = 2,
+    threads: ThreadsOpt = None,
     repeats: RepeatsOpt = 20,
     warmup: WarmupOpt = 2,
     json_out: JsonOpt = False,
@@ -118,6 +118,8 @@ def layer_cli(
 ) -> None:
     """Forward and inverse time of one invertible layer (FInC per inverse backend, Emerging, CInC, Glow 1×1)."""
     from finc_cli.bench.layer import LAYERS, layer_rows
+
+    threads = use_threads(threads)
 
     parsed = [_parse_shape(s) for s in shapes] if shapes else [(16, 12, 32, 32, 3)]
     with progress_bars("benchmark layer", enabled=not json_out) as bars:
@@ -162,7 +164,7 @@ def model_cli(
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature.")] = 1.0,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
-    threads: ThreadsOpt = 2,
+    threads: ThreadsOpt = None,
     repeats: RepeatsOpt = 3,
     warmup: WarmupOpt = 1,
     json_out: JsonOpt = False,
@@ -171,6 +173,8 @@ def model_cli(
     """FT (forward, bits/dim) and ST (sampling) of a preset's model per convolution (default FInC and Glow), and
     the paper's. Emerging and CInC invert in their published raster schedules; the `inverse` column says which."""
     from finc_cli.bench.model import model_rows, paper_rows, parse_convs
+
+    threads = use_threads(threads)
 
     chosen = [c for c in parse_convs(convs or ["finc,none"]) if not (no_glow and c == "none")]
 
@@ -222,7 +226,7 @@ def scaling_cli(
     ] = 1.0,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
-    threads: ThreadsOpt = 2,
+    threads: ThreadsOpt = None,
     repeats: Annotated[
         int, typer.Option("--repeats", min=1, help="Timed calls per measurement (fewer when slow).")
     ] = 5,
@@ -232,6 +236,8 @@ def scaling_cli(
 ) -> None:
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
     from finc_cli.bench.scaling import fit_exponents, scaling_rows
+
+    threads = use_threads(threads)
 
     with progress_bars("benchmark scaling", enabled=not json_out) as bars:
         rows = scaling_rows(
@@ -312,10 +318,20 @@ def data_cli(
         typer.Option("--train/--no-train", help="Data share of celeba64 training steps, a small model (when timed)."),
     ] = True,
     train_steps: Annotated[int, typer.Option("--train-steps", min=2, help="Steps of each training run.")] = 30,
+    check_files: Annotated[
+        int,
+        typer.Option(
+            "--check-files",
+            min=0,
+            help="Time the prepared cache's check of this many CelebA-format source files (0: skip; "
+            "when celeba64 is timed).",
+        ),
+    ] = 202_599,
     repeats: Annotated[
         int, typer.Option("--repeats", min=1, help="Fresh processes per measurement, round-robin; medians reported.")
     ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches.")] = 0,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
@@ -323,6 +339,8 @@ def data_cli(
     from pathlib import Path
 
     from finc_cli.bench import data as bench
+
+    threads = use_threads(threads)
 
     chosen = [f.strip() for text in formats or [] for f in text.split(",") if f.strip()] or list(bench.FORMATS)
     unknown = [f for f in chosen if f not in bench.FORMATS]
@@ -356,8 +374,11 @@ def data_cli(
         "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)
         if train and "celeba64" in chosen
         else [],
+        "source_check": bench.source_check_rows(folder, repeats, check_files)
+        if check_files and "celeba64" in chosen
+        else [],
     }
-    env = _environment([], "cpu", 0, DType.float32)
+    env = _environment([], "cpu", threads, DType.float32)
     if not _output(env, rows, json_out, csv_path, extra):
         _print_data_tables(env, rows, extra)
 
@@ -373,3 +394,39 @@ def _print_data_tables(env: dict, rows: list[dict], extra: dict) -> None:
         )
     if extra["train"]:
         console.print(_rich_table("celeba64 training: waiting for data", COLUMNS["data_train"], extra["train"]))
+    if extra["source_check"]:
+        title = "the prepared cache's check of its sources (size and time of every file)"
+        console.print(_rich_table(title, COLUMNS["data_check"], extra["source_check"]))
+
+
+@bench_app.command("threads")
+@handle_errors
+def threads_cli(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset each run trains.")] = "digits",
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Training steps of each run.")] = 200,
+    jobs: Annotated[str, typer.Option("--jobs", help="Runs at once, comma-separated.")] = "1,2",
+    threads: Annotated[
+        str, typer.Option("--threads", help="Threads of each run, comma-separated; 'default': finc's choice.")
+    ] = "1,2,default",
+    sets: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override for every run, e.g. train.batch_size=256.")
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Rounds over the grid; medians reported.")] = 1,
+    json_out: JsonOpt = False,
+    csv_path: CsvOpt = None,
+) -> None:
+    """Steps/s of `finc train` runs launched side by side (--jobs) with --threads each, and combined."""
+    from finc_cli.bench.threads import parse_counts, thread_rows
+
+    jobs_list, threads_list = parse_counts(jobs, "--jobs"), parse_counts(threads, "--threads", allow_default=True)
+    with progress_bars("benchmark threads", enabled=not json_out) as bars:
+        rows = thread_rows(preset, steps, jobs_list, threads_list, sets or [], repeats, progress=bars)
+    env = _environment([], "cpu", 0, DType.float32)
+    env["load_avg"] = rows[0]["load_avg"] if rows else None
+    if _output(env, rows, json_out, csv_path):
+        return
+    from finc_cli.bench.tables import COLUMNS
+
+    _print_env(env)
+    title = f"finc benchmark threads: {preset}, {steps} steps, median steps/s (load {env['load_avg']:.2f})"
+    console.print(_rich_table(title, COLUMNS["threads"], rows))

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -29,6 +29,8 @@ __all__ = [
     "parse_sets",
     "render_table",
     "state",
+    "ThreadsOpt",
+    "use_threads",
 ]
 
 console = Console()
@@ -136,6 +138,26 @@ def render_table(title: str, data: dict, keys: Optional[list[str]] = None) -> No
             value = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
         table.add_row(key, str(value))
     console.print(table)
+
+
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads (torch.set_num_threads); else $FINC_THREADS, else a set $OMP_NUM_THREADS, else finc's "
+        "default (one for a small model's training, else all cores).",
+    ),
+]
+
+
+def use_threads(flag: Optional[int]) -> int:
+    """Resolve --threads (flag > FINC_THREADS > OMP_NUM_THREADS > all cores) and apply it; returns the count."""
+    from finc_cli.runtime.threads import apply_threads, resolve_threads
+
+    choice = resolve_threads(flag)
+    apply_threads(choice.n)
+    return choice.n
 
 
 class Split(str, Enum):

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, err_console, handle_errors, parse_sets
+from finc_cli.cli.common import ThreadsOpt, console, emit_json, err_console, handle_errors, parse_sets, use_threads
 
 __all__ = ["compare_cli", "register"]
 
@@ -42,7 +42,7 @@ def compare_cli(
         int, typer.Option("--timing-batch", min=1, help="Images per FT/ST call (the paper's: 100).")
     ] = 100,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed FT/ST calls per variant.")] = 3,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch.set_num_threads for the timing.")] = 2,
+    threads: ThreadsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -55,6 +55,7 @@ def compare_cli(
     from finc_cli.config import load_preset
     from finc_cli.train import TrainingInterrupted
 
+    timing_threads = use_threads(threads)  # the FT/ST timing; each training run picks its own without --threads
     chosen = convs or ["finc,emerging,cinc,none"]
     out_dir = Path(out) if out else Path("runs") / f"compare-{load_preset(preset).name}"
 
@@ -69,10 +70,11 @@ def compare_cli(
             out_dir,
             parse_sets(sets),
             device,
-            {"batch": timing_batch, "repeats": repeats, "warmup": 1, "threads": threads},
+            {"batch": timing_batch, "repeats": repeats, "warmup": 1, "threads": timing_threads},
             reporter_for=lambda _conv: RichReporter(enabled=not quiet and not json_out),
             notify=note,
             seeds=seeds,
+            threads=threads,
         )
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; rerun the same finc compare command to resume", highlight=False, soft_wrap=True)

@@ -80,7 +80,10 @@ def info_cli(
     dataset: Annotated[str, typer.Argument(help="Dataset or preset name.")],
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Recompute the checksum of every prepared split.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Recompute every prepared split's checksum; stat every source file."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """What was found: the source files, the splits and their sizes, and whether a prepared cache is current."""
@@ -103,6 +106,9 @@ def info_cli(
         images = "?" if row["images"] is None else str(row["images"])
         table.add_row(row["split"], images, str(row["sources"] or "–"), row["cache"], row["reason"])
     console.print(table)
+    if verify:
+        counts = ", ".join(f"{row['split']} {row['checked']}" for row in result["splits"])
+        console.print(f"verified: size and modification time of every source file ({counts})", highlight=False)
 
 
 def _splits() -> tuple:

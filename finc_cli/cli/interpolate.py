@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import Split, Weights, console, emit_json, err_console, handle_errors
+from finc_cli.cli.common import Split, ThreadsOpt, Weights, console, emit_json, err_console, handle_errors, use_threads
 
 __all__ = ["interpolate_cli", "Mode", "register"]
 
@@ -48,10 +48,13 @@ def interpolate_cli(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend.")] = None,
     weights: Annotated[Optional[Weights], typer.Option("--weights", help="ema or raw (default: ema if saved).")] = None,
+    threads: ThreadsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Interpolate every latent between A and B and decode exactly: the strip's ends are A and B, bit for bit."""
     from finc_cli.commands.interpolate import interpolate
+
+    use_threads(threads)
 
     result = interpolate(
         checkpoint,

@@ -10,6 +10,7 @@ import typer
 from finc_cli import __version__
 from finc_cli.cli.common import (
     Split,
+    ThreadsOpt,
     Weights,
     console,
     emit_json,
@@ -18,6 +19,7 @@ from finc_cli.cli.common import (
     parse_sets,
     render_table,
     state,
+    use_threads,
 )
 
 __all__ = [
@@ -145,6 +147,7 @@ def train_cli(
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="train.tensorboard: also log to RUN_DIR/tensorboard.")
     ] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a FInC Flow from a preset; writes config.yaml, metrics.jsonl, last.pt, best.pt, samples/."""
 
@@ -172,7 +175,16 @@ def train_cli(
 
     reporter = RichReporter(enabled=not quiet and not json_out)
     try:
-        summary = train(cfg, run_dir, resume=resume, force=force, overrides=overrides, reporter=reporter, start=start)
+        summary = train(
+            cfg,
+            run_dir,
+            resume=resume,
+            force=force,
+            overrides=overrides,
+            reporter=reporter,
+            start=start,
+            threads=threads,
+        )
     except TrainingInterrupted as exc:
         err_console.print(f"{exc}; continue with: finc train --resume {run_dir}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + exc.signum) from None  # 130 for SIGINT, 143 for SIGTERM: the shell convention
@@ -226,11 +238,14 @@ def evaluate_cli(
         ),
     ] = 1,
     weights: WeightsOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Bits per dimension over a whole split, with its standard error."""
     from finc_cli.cli.progress import count_progress
     from finc_cli.commands.evaluate import evaluate
+
+    use_threads(threads)
 
     result = evaluate(
         checkpoint,
@@ -293,10 +308,13 @@ def sample_cli(
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     weights: WeightsOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sample images and write a PNG grid (one labelled row per temperature); reports the sampling time."""
     from finc_cli.commands.sample import sample
+
+    use_threads(threads)
 
     result = sample(
         checkpoint,
@@ -355,11 +373,14 @@ def invert_cli(
         Optional[float], typer.Option("--threshold", help="Flag k×k convolutions whose error exceeds this.")
     ] = None,
     weights: WeightsOpt = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
     from finc_cli.cli.progress import progress_bars
     from finc_cli.commands.invert import invert
+
+    use_threads(threads)
 
     with progress_bars("inverting", enabled=not json_out and not latents) as bars:
         result = invert(

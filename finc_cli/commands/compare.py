@@ -141,6 +141,7 @@ def compare(
     reporter_for: Optional[Callable[[str], object]] = None,
     notify: Optional[Callable[[str], None]] = None,
     seeds: Optional[Iterable] = None,
+    threads: Optional[int] = None,
 ) -> dict:
     """Train (or resume, or skip) one run per conv in out_dir/<conv>/, score each, write the table.
 
@@ -149,7 +150,8 @@ def compare(
     run). `seeds`: train each conv once per seed, in out_dir/<conv>/seed-<s>/ (None: one run with
     the config's train.seed, in out_dir/<conv>/). `timing`: batch, repeats, warmup, threads and
     recon_images for the FT/ST and reconstruction columns. `reporter_for(conv)` gives the trainer's
-    progress reporter; `notify` gets one-line notes (skips, resumes, data).
+    progress reporter; `notify` gets one-line notes (skips, resumes, data). `threads`: CPU threads of
+    every training run (None: each run's default, `threads.resolve_threads`).
     """
     from finc_cli.bench.model import parse_convs
     from finc_cli.config import load_preset
@@ -187,7 +189,15 @@ def compare(
             force = resume is None and run_dir.is_dir() and any(run_dir.iterdir())
             say(f"[{i}/{len(plan)}] {name}: {'resuming' if resume else 'training'} in {run_dir}")
             reporter = reporter_for(conv) if reporter_for else None
-            train(cfg, run_dir, resume=resume, force=force, overrides=_flat(cfg) if resume else None, reporter=reporter)
+            train(
+                cfg,
+                run_dir,
+                resume=resume,
+                force=force,
+                overrides=_flat(cfg) if resume else None,
+                reporter=reporter,
+                threads=threads,
+            )
             row = {**variant_row(conv, run_dir, device, timing["recon_images"], notify), "seed": cfg.train.seed}
             _write_json(run_dir / ROW_FILE, row)
         runs.append(row)

@@ -74,16 +74,18 @@ def _batch_sizes(records: list[dict], batch_size: Optional[int]) -> list[Optiona
 
 
 def _wall_seconds(train: list[dict]) -> float:
-    """elapsed_s restarts at each resume: the wall time is the sum of each session's last value."""
+    """The run's wall time: the last `wall_s` (cumulative across resumes), plus, for sessions logged
+    before records carried it, each session's last `elapsed_s` (which restarts at each resume)."""
     total, last = 0.0, 0.0
     for r in train:
         e = r.get("elapsed_s")
-        if not isinstance(e, (int, float)):
+        if "wall_s" in r or not isinstance(e, (int, float)):
             continue
         if e < last:  # a new session
             total += last
         last = e
-    return total + last
+    walls = [r["wall_s"] for r in train if isinstance(r.get("wall_s"), (int, float))]
+    return total + last + (walls[-1] if walls else 0.0)
 
 
 def _wait_share(record: dict) -> Optional[float]:

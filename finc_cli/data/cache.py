@@ -3,8 +3,9 @@
 Layout: CACHE_DIR/NAME-SPLIT.npy and CACHE_DIR/NAME-SPLIT.json, where CACHE_DIR is `--cache-dir`,
 else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache beside the data (the user cache folder for the
 bundled digits). A split is used only while its manifest matches: same format version and
-recipe, same source files (sizes and modification times), the array file of the recorded size
-and shape, and its SHA-256. The checksum is recomputed whenever the array file's size,
+recipe, same source files (sizes and modification times; for a folder of many files, CelebA's
+images, one SHA-256 over every file's name, size and modification time), the array file of the
+recorded size and shape, and its SHA-256. The checksum is recomputed whenever the array file's size,
 modification time or inode differ from the ones recorded when it was written, and always with
 `verify=True` (`finc data info --verify`). Writes are atomic and one preparer at a time holds
 CACHE_DIR/.lock (docs/training.md §1).
@@ -37,10 +38,11 @@ __all__ = [
     "open_prepared",
     "prepare",
     "resolve_cache_dir",
+    "source_state",
 ]
 
 FORMAT = "finc-prepared-split"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a source folder is recorded by a digest of its files' sizes and times
 ENV_VAR = "FINC_CACHE_DIR"
 FOLDER = ".finc_cache"
 CHUNK_BYTES = 64 << 20  # hashing and copying go through memory in pieces of this size
@@ -111,21 +113,55 @@ class CacheStatus:
     array: Path
     manifest: Path
     info: Optional[dict] = None  # the manifest, when it could be read
+    checked: int = 0  # source files whose size and modification time were compared
 
 
 def _stat(path: Path) -> dict:
-    st = path.stat()
-    entry = {"path": str(path.resolve()), "mtime_ns": st.st_mtime_ns}
+    """A file's size and modification time; a folder's file count and the digest of its files."""
     if path.is_dir():
-        with os.scandir(path) as it:
-            entry["entries"] = sum(1 for _ in it)
-    else:
-        entry["size"] = st.st_size
-    return entry
+        return {"path": str(path.resolve()), **_folder_digest(path)}
+    st = path.stat()
+    return {"path": str(path.resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size}
 
 
-def _sources(name: str, split: str, data_dir) -> list[dict]:
+def _folder_digest(folder: Path) -> dict:
+    """{files, digest}: SHA-256 over every entry's (name, size, modification time in ns), in name order.
+
+    A rewritten file changes its modification time (and mostly its size) even when its name and
+    the folder's entry count stay. One stat per file, nothing opened: os.scandir over the folder's
+    descriptor, so each DirEntry.stat() is an fstatat relative to it (no path walked per file).
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with os.scandir(fd) as it:
+            rows = sorted((e.name, (st := e.stat()).st_size, st.st_mtime_ns) for e in it)
+    finally:
+        os.close(fd)
+    return {"files": len(rows), "digest": hashlib.sha256(repr(rows).encode("utf-8", "surrogateescape")).hexdigest()}
+
+
+def source_state(name: str, split: str, data_dir=None) -> list[dict]:
+    """What a manifest records of the split's sources: each file's size and time, each folder's digest."""
     return [_stat(p) for p in source_files(name, split, data_dir)]
+
+
+def _count(sources: list[dict]) -> int:
+    return sum(s.get("files", 1) for s in sources)
+
+
+def _source_change(now: list[dict], then: list) -> Optional[str]:
+    """How the sources differ from the recorded ones (one line), or None."""
+    if [s["path"] for s in now] != [s.get("path") if isinstance(s, dict) else None for s in then]:
+        return "the list of source files changed since it was prepared"
+    for a, b in zip(now, then):
+        if a == b:
+            continue
+        if "files" in a and a["files"] != b.get("files"):
+            return f"the source folder {a['path']} holds {a['files']} files, {b.get('files')} when it was prepared"
+        if "files" in a:
+            return f"a file in the source folder {a['path']} was rewritten or touched since it was prepared"
+        return f"the source {a['path']} changed since it was prepared"
+    return None
 
 
 def _array_stat(path: Path) -> dict:
@@ -144,7 +180,21 @@ def _sha256(path: Path) -> str:
 
 
 def check(name: str, split: str, data_dir=None, cache_dir=None, verify: bool = False) -> CacheStatus:
-    """Whether the prepared `split` of `name` can be used, and if not, why (one line)."""
+    """Whether the prepared `split` of `name` can be used, and if not, why (one line).
+
+    `verify` recomputes the array's checksum, and stats every source file even when no manifest
+    was compared (`checked` counts them; 0 when they cannot be found).
+    """
+    status = _status(name, split, data_dir, cache_dir, verify)
+    if verify and not status.checked:
+        try:
+            status.checked = _count(source_state(name, split, data_dir))
+        except (DatasetError, OSError):
+            pass
+    return status
+
+
+def _status(name: str, split: str, data_dir, cache_dir, verify: bool) -> CacheStatus:
     array, manifest = _paths(resolve_cache_dir(data_dir, cache_dir), name, split)
     if not manifest.is_file():
         reason = "no manifest beside the array" if array.is_file() else "not prepared"
@@ -154,22 +204,29 @@ def check(name: str, split: str, data_dir=None, cache_dir=None, verify: bool = F
         assert isinstance(info, dict) and info.get("format") == FORMAT
     except (OSError, ValueError, AssertionError):
         return CacheStatus("corrupt", f"unreadable manifest {manifest.name}", array, manifest)
-    status = _compare(info, name, split, data_dir, array, verify)
-    return CacheStatus(status[0], status[1], array, manifest, info)
+    status = CacheStatus("current", "matches its sources", array, manifest, info)
+    status.state, status.reason = _compare(info, name, split, data_dir, status, verify)
+    return status
 
 
-def _compare(info: dict, name: str, split: str, data_dir, array: Path, verify: bool) -> tuple[str, str]:
-    if info.get("format_version") != FORMAT_VERSION or info.get("recipe") != recipe(name):
+def _compare(info: dict, name: str, split: str, data_dir, status: CacheStatus, verify: bool) -> tuple[str, str]:
+    """(state, reason); sets status.checked to the number of source files compared."""
+    if info.get("format_version") != FORMAT_VERSION:
+        version = info.get("format_version")
+        return "stale", f"its manifest has format {version}; this finc writes and checks format {FORMAT_VERSION}"
+    if info.get("recipe") != recipe(name):
         return "stale", "made by another version of finc's preparation"
     if (info.get("dataset"), info.get("split")) != (name, split):
         return "corrupt", f"its manifest describes {info.get('dataset')}/{info.get('split')}"
     try:
-        now = _sources(name, split, data_dir)
+        now = source_state(name, split, data_dir)
     except (DatasetError, OSError) as exc:
         return "stale", f"its source files cannot be checked ({str(exc).splitlines()[0]})"
-    changed = [a["path"] for a, b in zip(now, info.get("sources", [])) if a != b]
-    if len(now) != len(info.get("sources", [])) or changed:
-        return "stale", f"the source {changed[0] if changed else 'file list'} changed since it was prepared"
+    status.checked = _count(now)
+    changed = _source_change(now, info.get("sources") or [])
+    if changed:
+        return "stale", changed
+    array = status.array
     if not array.is_file():
         return "corrupt", "the array file is missing"
     stat = _array_stat(array)
@@ -186,21 +243,24 @@ def _compare(info: dict, name: str, split: str, data_dir, array: Path, verify: b
     return "current", "matches its sources"
 
 
-def open_prepared(name, split, data_dir=None, cache_dir=None, transform=None, notify=None) -> Optional[MappedImages]:
-    """The prepared split if it is current; else None, after telling `notify` why in one line."""
+def open_prepared(name, split, data_dir=None, cache_dir=None, transform=None) -> tuple[Optional[MappedImages], str]:
+    """(the prepared split, "") if it is current; else (None, why it is not used and how to fix it, in one line).
+
+    The line is empty for the bundled digits without a cache. The caller shows it once the sources
+    are read: when they cannot be, their error is the one to see.
+    """
     status = check(name, split, data_dir, cache_dir)
     if status.state == "current":
-        return MappedImages(status.array, transform)
-    if notify is not None and not (name == "digits" and status.state == "missing"):
-        fix = f"finc data prepare {name}" + (f" --data-dir {data_dir}" if data_dir else "")
-        if status.state == "missing":
-            notify(f"hint: `{fix}` would make loading {name}/{split} faster and share it between processes")
-        else:
-            notify(
-                f"warning: prepared {status.array} is {status.state} ({status.reason}); reading the source "
-                f"files instead; refresh it with `{fix}`"
-            )
-    return None
+        return MappedImages(status.array, transform), ""
+    if name == "digits" and status.state == "missing":
+        return None, ""
+    fix = f"finc data prepare {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+    if status.state == "missing":
+        return None, f"hint: `{fix}` would make loading {name}/{split} faster and share it between processes"
+    return None, (
+        f"warning: prepared {status.array} is {status.state} ({status.reason}); the source files were "
+        f"read instead; refresh it with `{fix}`"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +306,7 @@ def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> 
     array, manifest = _paths(folder, name, split)
     for path in (array, manifest):
         remove_stale_temporaries(folder, path.name)
-    sources = _sources(name, split, data_dir)
+    sources = source_state(name, split, data_dir)
     ds = read_split(name, split, data_dir)
     info = dataset_info(name)
     shape = (len(ds), info.channels, info.height, info.width)

@@ -125,17 +125,21 @@ def get_dataset(
 
     With `use_cache`, a prepared cache (`finc data prepare`) whose manifest matches the sources is
     memory-mapped instead of reading the sources; a missing one or one that cannot be used (stale,
-    truncated, corrupted) is reported through `notify` in one line, and the sources are read.
+    truncated, corrupted) is reported through `notify` in one line once the sources are read.
     """
     _check_split(name, split)
     transform = Augment(hflip, translate) if train_transform and split == "train" else None
+    note = ""
     if use_cache:
         from finc_cli.data.cache import open_prepared
 
-        mapped = open_prepared(name, split, data_dir, cache_dir, transform, notify)
+        mapped, note = open_prepared(name, split, data_dir, cache_dir, transform)
         if mapped is not None:
             return mapped
-    return read_split(name, split, data_dir, transform)
+    ds = read_split(name, split, data_dir, transform)
+    if note and notify is not None:
+        notify(note)
+    return ds
 
 
 def _check_split(name: str, split: str) -> None:

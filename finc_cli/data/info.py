@@ -18,7 +18,8 @@ def data_info(name: str, data_dir=None, cache_dir=None, verify: bool = False) ->
     """{dataset, shape, bins, data_dir, found, problem, cache_dir, splits: [{split, images, sources, cache, reason}]}.
 
     `images` comes from a current cache, else from the sources when that is cheap, else None.
-    `verify` recomputes every cache checksum.
+    `verify` recomputes every cache checksum and checks the size and modification time of every
+    source file, even of a split with no current manifest; each row's `checked` counts them.
     """
     info = dataset_info(name)
     root = resolve_data_dir(data_dir)
@@ -48,6 +49,8 @@ def _split_row(name: str, split: str, data_dir, cache_dir, verify: bool) -> dict
         row.update(sources_error=str(exc), problem=True)
     status = check(name, split, data_dir, cache_dir, verify=verify)
     row.update(cache=status.state, reason=status.reason, cache_path=str(status.array))
+    if verify:
+        row["checked"] = status.checked
     if status.state == "current":
         row["images"] = status.info["shape"][0]
     elif row["sources"] and name not in _COUNTED_FROM_CACHE_ONLY:

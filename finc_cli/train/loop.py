@@ -22,6 +22,7 @@ from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.runtime import distributed
+from finc_cli.runtime.threads import apply_threads, resolve_threads, step_work
 from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
     LOCK_FILE,
@@ -98,6 +99,7 @@ def train(
     overrides: Optional[dict] = None,
     reporter: Optional[Reporter] = None,
     start: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> dict[str, Any]:
     """Train a FInC Flow; write config.yaml, metrics.jsonl, last.pt, best.pt and sample grids to out_dir.
 
@@ -106,6 +108,7 @@ def train(
     When resuming, the checkpoint's config is used with `overrides` applied on top; an override
     of a key fixed by the run is refused (`config.RESUMABLE_KEYS` lists those that may change).
     Rank 0 holds the run directory's lock for the whole run: a second writer fails at once.
+    `threads` (--threads) is the CPU thread count; None follows `threads.resolve_threads`.
     """
     with contextlib.ExitStack() as held:
         trainer = Trainer(
@@ -117,6 +120,7 @@ def train(
             reporter=reporter or Reporter(),
             start=start,
             held=held,
+            threads=threads,
         )
         return trainer.run()
 
@@ -145,6 +149,7 @@ class Trainer:
         reporter: Reporter,
         start=None,
         held: Optional[contextlib.ExitStack] = None,
+        threads: Optional[int] = None,
     ):
         self.out, self.reporter = out, reporter
         self.tb: Optional[TensorBoardLogger] = None  # train.tensorboard, rank 0
@@ -162,6 +167,7 @@ class Trainer:
             require_tensorboard()  # a missing optional package fails before anything is written
         self._load_data()
         self._build_model()
+        self._set_threads(threads)
         self.fresh = data is None
         self._resume_or_initialize(data)  # also makes self.ema (None with train.ema_decay 0)
         if self.ctx.is_main:  # every input checked: only now is anything written
@@ -170,6 +176,7 @@ class Trainer:
             clean_run_dir(out, fresh=self.fresh)
             save_config(self.cfg, out / "config.yaml")
             truncate_metrics(self.metrics_path, self.state.step)
+            self._log_line({"step": self.state.step, "event": "threads", **self.threads.record()})
             for key, before, after in self.changes:
                 self._log_line(
                     {"step": self.state.step, "event": "config_changed", "key": key, "from": before, "to": after}
@@ -236,6 +243,14 @@ class Trainer:
             self.model.set_autocast(torch.bfloat16)
         self.optimizer = build_optimizer(self.model, self.cfg)
 
+    def _set_threads(self, flag: Optional[int]) -> None:
+        """CPU threads for this run from the per-step work; train() leaves the caller's count as it was."""
+        micro = self.t.batch_size // (self.ctx.world_size * self.t.accumulate)
+        work = step_work(self.model.num_parameters(), micro, self.model.image_shape)
+        self.threads = resolve_threads(flag, work)
+        self.held.callback(torch.set_num_threads, torch.get_num_threads())
+        apply_threads(self.threads.n)
+
     def _resume_or_initialize(self, data: Optional[dict]) -> None:
         """Load the checkpoint's full state, or run ActNorm's data-dependent init on a fresh model."""
         self.state = TrainState()
@@ -259,6 +274,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.probe = fetch(self.val_ds, torch.arange(min(16, len(self.val_ds)))).to(self.device)
         self.start_step, self.t0 = self.state.step, time.perf_counter()
+        self.state.session_t0 = self.t0  # wall_s = the earlier sessions' + elapsed_s
         self.running: list = []  # losses since the last log line
         self.waits: list = []  # (data_s, compute_s) of each step since the last log line
         self.last_log = time.perf_counter()
@@ -352,7 +368,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": stats["grad_norm"],
             "it_s": its,
-            "elapsed_s": now - self.t0,
+            "elapsed_s": now - self.t0,  # this process's
+            "wall_s": self.state.wall(now),  # the run's, across resumes
             "data_s": sum(w[0] for w in waits) / len(waits),  # mean wait for the batch per step
             "compute_s": sum(w[1] for w in waits) / len(waits),  # mean forward, backward and update per step
         }
@@ -452,11 +469,13 @@ class Trainer:
             "steps": state.step,
             "steps_this_run": state.step - self.start_step,
             "seconds": time.perf_counter() - self.t0,
+            "wall_s": state.wall(),
             "val_bpd": self.last_eval.get("val_bpd"),
             "best_val_bpd": state.best_val_bpd,
             "rollbacks": state.rollbacks,
             "resumed_from": str(self.ckpt) if self.ckpt else None,
             "world_size": self.ctx.world_size,
+            **self.threads.record(),
             "params_sha256": params_digest(self.model),
         }
 

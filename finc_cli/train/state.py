@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +29,12 @@ class TrainState:
     bad_steps: int = 0  # consecutive non-finite steps
     rollbacks: int = 0
     lr_scale: float = 1.0  # lowered after each rollback
+    wall_before_s: float = 0.0  # wall time of the sessions before this one (0 for checkpoints without wall_s)
+    session_t0: float = field(default_factory=time.perf_counter, repr=False)  # this session's start, not saved
+
+    def wall(self, now: float | None = None) -> float:
+        """The run's cumulative wall time at perf_counter `now` (default: this moment), across every resume."""
+        return self.wall_before_s + ((time.perf_counter() if now is None else now) - self.session_t0)
 
 
 def params_digest(model: torch.nn.Module) -> str:
@@ -69,6 +76,7 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=Non
             "bad_steps": state.bad_steps,
             "rollbacks": state.rollbacks,
             "lr_scale": state.lr_scale,
+            "wall_s": state.wall(),
         },
         "rng": rng_state(),
     }
@@ -92,6 +100,7 @@ def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("
         state.bad_steps = int(ts.get("bad_steps", 0))
         state.rollbacks = int(ts.get("rollbacks", 0))
         state.lr_scale = float(ts.get("lr_scale", 1.0))
+        state.wall_before_s = float(ts.get("wall_s", 0.0))
         if "rng" in data:
             set_rng_state(data["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:

@@ -19,6 +19,7 @@ _SCALARS = {
     "lr": "train/lr",
     "grad_norm": "train/grad_norm",
     "it_s": "train/steps_per_s",
+    "wall_s": "train/wall_s",
     "val_bpd": "val/bpd",
     "val_bpd_stderr": "val/bpd_stderr",
     "recon_max_err": "health/recon_max_err",
