@@ -333,6 +333,8 @@ def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
     cfg = _guard_cfg(8)
     assert lrs[8] == pytest.approx(cfg.train.lr * lr_factor(7, cfg) * 0.5)  # halved after the rollback
+    # the EMA count: 5 applied updates, back to step 4's count at the rollback, then step 8's update
+    assert read_checkpoint(out / "last.pt")["ema"]["updates"] == 5
 
 
 def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
@@ -342,6 +344,7 @@ def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
     (bad,) = _events(out, "nonfinite")
     assert bad["step"] == 2 and "non-finite gradient" in bad["reason"] and bad["loss_bpd"] is not None
     assert not _events(out, "rollback")  # one bad step < max_bad_steps
+    assert read_checkpoint(out / "last.pt")["ema"]["updates"] == 2  # the skipped step left the average alone
 
 
 def test_nan_parameters_never_reach_a_checkpoint(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from rich.console import Console
 __all__ = [
     "Split",
     "Weights",
+    "WEIGHTS_HELP",
     "debug_enabled",
     "DEBUG_ENV",
     "emit_json",
@@ -142,6 +143,12 @@ def render_table(title: str, data: dict, keys: Optional[list[str]] = None) -> No
     console.print(table)
 
 
+WEIGHTS_HELP = (
+    "auto: the weights that scored lower at the run's latest validation (older checkpoints: ema when saved); "
+    "ema: the averaged weights; raw: the optimizer's."
+)
+
+
 class Split(str, Enum):
     """A dataset split, as the commands' --split options take it."""
 
@@ -151,7 +158,8 @@ class Split(str, Enum):
 
 
 class Weights(str, Enum):
-    """Which weights of a checkpoint a command uses: the EMA average or the raw ones."""
+    """Which weights of a checkpoint a command uses: the run's choice, the EMA average or the raw ones."""
 
+    auto = "auto"
     ema = "ema"
     raw = "raw"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -28,6 +29,7 @@ class TrainState:
     bad_steps: int = 0  # consecutive non-finite steps
     rollbacks: int = 0
     lr_scale: float = 1.0  # lowered after each rollback
+    default_weights: Optional[str] = None  # "ema" or "raw": the lower scorer at the latest validation
 
 
 def params_digest(model: torch.nn.Module) -> str:
@@ -74,6 +76,8 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=Non
     }
     if ema is not None:
         payload["ema"] = ema.state_dict()
+    if state.default_weights is not None:  # the weights commands use by default (`--weights auto`)
+        payload["default_weights"] = state.default_weights
     return payload
 
 
@@ -92,6 +96,7 @@ def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("
         state.bad_steps = int(ts.get("bad_steps", 0))
         state.rollbacks = int(ts.get("rollbacks", 0))
         state.lr_scale = float(ts.get("lr_scale", 1.0))
+        state.default_weights = data.get("default_weights") if data.get("default_weights") in ("ema", "raw") else None
         if "rng" in data:
             set_rng_state(data["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:

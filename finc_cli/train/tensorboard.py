@@ -21,6 +21,8 @@ _SCALARS = {
     "it_s": "train/steps_per_s",
     "val_bpd": "val/bpd",
     "val_bpd_stderr": "val/bpd_stderr",
+    "val_bpd_raw": "val/bpd_raw",
+    "val_bpd_ema": "val/bpd_ema",
     "recon_max_err": "health/recon_max_err",
 }
 
