@@ -9,10 +9,12 @@ from typing import Any, Optional, Union
 from finc_cli.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "checkpoint_weights",
     "config_from_checkpoint",
     "FORMAT",
     "FORMAT_VERSION",
     "load_checkpoint",
+    "load_model",
     "load_weights",
     "model_from_checkpoint",
     "read_checkpoint",
@@ -123,6 +125,26 @@ def load_weights(model, weights: Any, path: Union[str, os.PathLike] = "checkpoin
         raise CheckpointError(f"{path}: weights cannot be loaded ({first})") from None
 
 
+def checkpoint_weights(data: dict, weights: Optional[str] = None, path: Union[str, os.PathLike] = "checkpoint") -> str:
+    """Which weights of a checkpoint to use: "ema" or "raw".
+
+    `weights` None or "auto" takes the checkpoint's `default_weights` (the lower scorer at its run's
+    latest validation); a checkpoint without that record gives the EMA weights when it holds them,
+    else the raw ones. "ema" on a checkpoint without EMA weights is a CheckpointError.
+    """
+    if weights not in (None, "auto", "ema", "raw"):
+        raise CheckpointError(f"unknown weights {weights!r}; choose auto, ema or raw")
+    has_ema = "ema" in data
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{path} holds no EMA weights (trained with train.ema_decay 0); use --weights raw")
+    if weights in ("ema", "raw"):
+        return weights
+    recorded = data.get("default_weights")
+    if recorded == "raw" or (recorded == "ema" and has_ema):
+        return recorded
+    return "ema" if has_ema else "raw"
+
+
 def model_from_checkpoint(
     data: dict,
     path: Union[str, os.PathLike] = "checkpoint",
@@ -131,8 +153,7 @@ def model_from_checkpoint(
 ):
     """Build the model the checkpoint's config describes and load its weights (strict).
 
-    `weights`: "ema" (the averaged weights; an error if the checkpoint has none), "raw", or None
-    for the EMA weights when the checkpoint holds them, else the raw ones.
+    `weights`: None or "auto", "ema" or "raw", as `checkpoint_weights` resolves them.
     """
     from finc_cli.model import build_model
 
@@ -142,11 +163,7 @@ def model_from_checkpoint(
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     load_weights(model, data["model"], path)
-    if weights not in (None, "ema", "raw"):
-        raise CheckpointError(f"unknown weights {weights!r}; choose ema or raw")
-    if weights == "ema" and "ema" not in data:
-        raise CheckpointError(f"{path} holds no EMA weights (trained with train.ema_decay 0); use --weights raw")
-    if weights != "raw" and "ema" in data:
+    if checkpoint_weights(data, weights, path) == "ema":
         from finc_cli.train.ema import load_ema_weights
 
         load_ema_weights(model, data["ema"], path)
@@ -156,7 +173,13 @@ def model_from_checkpoint(
     return model, cfg
 
 
-def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
-    """Public API: (model in eval mode, Config) from a checkpoint file; EMA weights by default when it has them."""
+def load_model(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
+    """(model in eval mode, Config, "ema" or "raw": the weights loaded) from a checkpoint file."""
     data = read_checkpoint(path)
-    return model_from_checkpoint(data, path, device, weights)
+    used = checkpoint_weights(data, weights, path)
+    return (*model_from_checkpoint(data, path, device, used), used)
+
+
+def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
+    """Public API: (model in eval mode, Config) from a checkpoint file; its default weights unless `weights` says."""
+    return load_model(path, device, weights)[:2]

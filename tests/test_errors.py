@@ -23,7 +23,7 @@ def _break_load_checkpoint(monkeypatch, exc: Exception) -> None:
     def broken(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr("finc_cli.checkpoint.load_checkpoint", broken)
+    monkeypatch.setattr("finc_cli.checkpoint.load_model", broken)
 
 
 def test_every_user_error_is_a_finc_error():

@@ -157,13 +157,14 @@ def _cli(out: Path, *extra: str) -> list[str]:
 
 
 def _start(cmd: list[str], out: Path, after_lines: int) -> subprocess.Popen:
-    """Start `finc train` and return once metrics.jsonl has more than `after_lines` lines."""
+    """Start `finc train` and return once metrics.jsonl has more than `after_lines` step records (event lines,
+    such as the thread count logged before the loop starts, do not count)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     metrics = out / "metrics.jsonl"
     while time.monotonic() < deadline:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) > after_lines:
+        if metrics.is_file() and len([r for r in metrics.read_text().splitlines() if '"event"' not in r]) > after_lines:
             return proc
         if proc.poll() is not None:
             pytest.fail(f"training exited early ({proc.returncode}): {proc.stderr.read()}")
@@ -200,7 +201,7 @@ def test_kill_9_at_random_moments_leaves_last_pt_loadable(tmp_path):
         proc.kill()
         proc.communicate(timeout=60)
         step = read_checkpoint(out / "last.pt")["train_state"]["step"]  # old or new, never half-written
-        lines = len((out / "metrics.jsonl").read_text().splitlines())
+        lines = len([r for r in (out / "metrics.jsonl").read_text().splitlines() if '"event"' not in r])
     ok(invoke("train", "--out", out, "--resume", "auto", "--steps", step + 2, "--quiet"))
     assert not tmp_files(out), "stale temporary files survived the resume"
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss_bpd" in r]
@@ -336,6 +337,8 @@ def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
     cfg = _guard_cfg(8)
     assert lrs[8] == pytest.approx(cfg.train.lr * lr_factor(7, cfg) * 0.5)  # halved after the rollback
+    # the EMA count: 5 applied updates, back to step 4's count at the rollback, then step 8's update
+    assert read_checkpoint(out / "last.pt")["ema"]["updates"] == 5
 
 
 def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
@@ -345,6 +348,7 @@ def test_infinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
     (bad,) = _events(out, "nonfinite")
     assert bad["step"] == 2 and "non-finite gradient" in bad["reason"] and bad["loss_bpd"] is not None
     assert not _events(out, "rollback")  # one bad step < max_bad_steps
+    assert read_checkpoint(out / "last.pt")["ema"]["updates"] == 2  # the skipped step left the average alone
 
 
 def test_nan_parameters_never_reach_a_checkpoint(tmp_path, monkeypatch):

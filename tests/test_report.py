@@ -40,7 +40,8 @@ def synthetic_run(folder: Path) -> Path:
         {"step": 30, "val_bpd": 2.4, "val_bpd_stderr": 0.01, "recon_max_err": 2e-3, "health_warning": True},
         {"step": 40, "loss_bpd": 2.1, "lr": 2e-4, "grad_norm": 0.9, "it_s": 3.0, "elapsed_s": 6.5, "data_s": 0.0,
          "compute_s": 0.5},
-        {"step": 40, "val_bpd": 2.45, "val_bpd_stderr": 0.01, "recon_max_err": 5e-6},
+        {"step": 40, "val_bpd": 2.45, "val_bpd_stderr": 0.01, "val_bpd_ema": 2.45, "val_bpd_raw": 2.5,
+         "val_weights": "ema", "recon_max_err": 5e-6},
     ]  # fmt: skip
     folder.mkdir()
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 50, "loss_bpd": 2.0, "lr'
@@ -61,6 +62,7 @@ def test_summary_of_a_resumed_run_with_a_cut_last_line(tmp_path):
     s = summarize(records, yaml.safe_load((folder / "config.yaml").read_text()))
     assert (s["best_val_bpd"], s["best_val_step"], s["last_step"]) == (2.4, 30, 40)
     assert s["last_val_bpd"] == 2.45 and s["last_train_bpd"] == 2.1
+    assert (s["last_val_bpd_raw"], s["last_val_weights"]) == (2.5, "ema")
     # images/s: it/s × the batch size then in force (10 before the change at step 20, 20 after): 40, 60, 40, 60
     assert s["images_per_s"] == pytest.approx(50.0)
     assert s["wall_s"] == pytest.approx(8.0 + 6.5), "elapsed_s restarts at a resume: the sessions add up"
@@ -82,6 +84,23 @@ def test_report_png_has_the_panels_and_size(tmp_path):
     assert result["sample_grid"] == str(folder / "samples" / "step_0000040.png")
     assert out.stat().st_size < 200_000
     assert not list(folder.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_the_bpd_panel_draws_the_raw_weights_validation_line(tmp_path):
+    olive = np.array([188, 189, 34])  # matplotlib's tab:olive, the colour of that line alone
+
+    def olive_pixels(folder: Path) -> int:
+        report(folder)
+        with Image.open(folder / "report.png") as img:
+            rgb = np.asarray(img.convert("RGB")).astype(int)
+        return int((np.abs(rgb - olive).max(axis=-1) < 12).sum())
+
+    with_raw = synthetic_run(tmp_path / "with")
+    without = synthetic_run(tmp_path / "without")
+    lines = (without / "metrics.jsonl").read_text().splitlines(keepends=True)
+    kept = [json.dumps({k: v for k, v in json.loads(x).items() if k != "val_bpd_raw"}) + "\n" for x in lines[:-1]]
+    (without / "metrics.jsonl").write_text("".join(kept))
+    assert olive_pixels(with_raw) > 20 and olive_pixels(without) == 0
 
 
 @pytest.mark.slow

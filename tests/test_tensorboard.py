@@ -52,6 +52,7 @@ def test_event_file_round_trips_the_metrics(run):
         ("train/steps_per_s", "it_s", train),
         ("train/wall_s", "wall_s", train),
         ("val/bpd", "val_bpd", evals),
+        ("val/bpd_raw", "val_bpd_raw", evals),
         ("health/recon_max_err", "recon_max_err", evals),
     ]:
         logged = scalars(acc, tag)
@@ -102,7 +103,7 @@ def test_logger_writes_each_record_once_and_skips_events(tmp_path):
             "wall_s": 42.5,
         }
     )
-    tb.record({"step": 5, "val_bpd": 2.75, "val_bpd_stderr": 0.5, "recon_max_err": 2e-7})
+    tb.record({"step": 5, "val_bpd": 2.75, "val_bpd_stderr": 0.5, "val_bpd_raw": 2.875, "recon_max_err": 2e-7})
     tb.record({"step": 6, "event": "nonfinite", "loss_bpd": float("nan"), "grad_norm": float("inf")})
     tb.close()
     acc = events(tmp_path)
@@ -110,6 +111,7 @@ def test_logger_writes_each_record_once_and_skips_events(tmp_path):
     assert scalars(acc, "train/data_wait_share") == {5: pytest.approx(0.25)}
     assert scalars(acc, "train/wall_s") == {5: 42.5}, "the run's wall time across resumes"
     assert scalars(acc, "val/bpd") == {5: 2.75} and scalars(acc, "health/recon_max_err") == {5: pytest.approx(2e-7)}
+    assert scalars(acc, "val/bpd_raw") == {5: 2.875}
     assert scalars(acc, "train/grad_norm") == {5: 1.25}, "an event record (a skipped step) is not a data point"
 
 

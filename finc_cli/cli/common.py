@@ -16,6 +16,7 @@ from rich.console import Console
 __all__ = [
     "Split",
     "Weights",
+    "WEIGHTS_HELP",
     "debug_enabled",
     "DEBUG_ENV",
     "emit_json",
@@ -160,6 +161,12 @@ def use_threads(flag: Optional[int]) -> int:
     return choice.n
 
 
+WEIGHTS_HELP = (
+    "auto: the weights that scored lower at the run's latest validation (older checkpoints: ema when saved); "
+    "ema: the averaged weights; raw: the optimizer's."
+)
+
+
 class Split(str, Enum):
     """A dataset split, as the commands' --split options take it."""
 
@@ -169,7 +176,8 @@ class Split(str, Enum):
 
 
 class Weights(str, Enum):
-    """Which weights of a checkpoint a command uses: the EMA average or the raw ones."""
+    """Which weights of a checkpoint a command uses: the run's choice, the EMA average or the raw ones."""
 
+    auto = "auto"
     ema = "ema"
     raw = "raw"

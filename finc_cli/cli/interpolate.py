@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import Split, ThreadsOpt, Weights, console, emit_json, err_console, handle_errors, use_threads
+from finc_cli.cli.common import (
+    WEIGHTS_HELP,
+    Split,
+    ThreadsOpt,
+    Weights,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    use_threads,
+)
 
 __all__ = ["interpolate_cli", "Mode", "register"]
 
@@ -47,7 +57,7 @@ def interpolate_cli(
     cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Prepared-data folder.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend.")] = None,
-    weights: Annotated[Optional[Weights], typer.Option("--weights", help="ema or raw (default: ema if saved).")] = None,
+    weights: Annotated[Weights, typer.Option("--weights", help=WEIGHTS_HELP)] = Weights.auto,
     threads: ThreadsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -69,7 +79,7 @@ def interpolate_cli(
         cache_dir,
         device,
         backend,
-        weights.value if weights else None,
+        weights.value,
         notify=_note,
     )
     if json_out:
@@ -77,6 +87,6 @@ def interpolate_cli(
         return
     console.print(
         f"wrote {result['pairs']} × {result['steps']} frames ({result['mode']}) to {result['out']} "
-        f"at {result['scale']}x; ends exact: {result['ends_exact']} ({result['source']})",
+        f"at {result['scale']}x; ends exact: {result['ends_exact']} ({result['source']}; {result['weights']} weights)",
         highlight=False,
     )

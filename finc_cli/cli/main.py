@@ -9,6 +9,7 @@ import typer
 
 from finc_cli import __version__
 from finc_cli.cli.common import (
+    WEIGHTS_HELP,
     Split,
     ThreadsOpt,
     Weights,
@@ -58,10 +59,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-WeightsOpt = Annotated[
-    Optional[Weights],
-    typer.Option("--weights", help="ema (the averaged weights) or raw; default: ema when the checkpoint has them."),
-]
+WeightsOpt = Annotated[Weights, typer.Option("--weights", help=WEIGHTS_HELP)]
 
 
 class Precision(str, Enum):
@@ -237,7 +235,7 @@ def evaluate_cli(
             "--samples", "-k", help="Dequantization draws per image: K > 1 adds the importance-weighted bits/dim."
         ),
     ] = 1,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -257,7 +255,7 @@ def evaluate_cli(
         cache_dir=cache_dir,
         notify=_note,
         samples=samples,
-        weights=weights.value if weights else None,
+        weights=weights.value,
     )
     if json_out:
         emit_json(result)
@@ -265,7 +263,7 @@ def evaluate_cli(
         render_table(f"bits/dim on {result['dataset']} {result['split']}", result)
         console.print(
             f"{result['split']} bits/dim: {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} "
-            f"({result['n_images']} images)"
+            f"({result['n_images']} images, {result['weights']} weights)"
         )
         if "bpd_iw" in result:
             console.print(
@@ -307,7 +305,7 @@ def sample_cli(
     ] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -326,7 +324,7 @@ def sample_cli(
         individual,
         device.value,
         backend,
-        weights.value if weights else None,
+        weights.value,
         scale,
     )
     if json_out:
@@ -336,7 +334,7 @@ def sample_cli(
         console.print(
             f"wrote {result['n']} samples to {result['out']} in {result['sampling_seconds']:.3f} s "
             f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temps}, seed {result['seed']}, "
-            f"scale {result['scale']}x)",
+            f"scale {result['scale']}x, {result['weights']} weights)",
             highlight=False,
         )
 
@@ -372,7 +370,7 @@ def invert_cli(
     threshold: Annotated[
         Optional[float], typer.Option("--threshold", help="Flag k×k convolutions whose error exceeds this.")
     ] = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -397,7 +395,7 @@ def invert_cli(
             threshold,
             cache_dir,
             _note,
-            weights.value if weights else None,
+            weights.value,
             progress=bars,
             scale=scale,
         )
@@ -405,7 +403,10 @@ def invert_cli(
         emit_json(result)
         return
     if latents:
-        console.print(f"decoded {result['n_images']} images in {result['decode_seconds']:.3f} s", highlight=False)
+        console.print(
+            f"decoded {result['n_images']} images in {result['decode_seconds']:.3f} s ({result['weights']} weights)",
+            highlight=False,
+        )
         return
     _render_invert(result)
 
@@ -428,7 +429,7 @@ def _render_invert(result: dict) -> None:
         f"{result['n_images']} images ({result['source']}): exact={result['exact']}, "
         f"max error {result['max_abs_err']:.2e} levels, mean {result['mean_abs_err']:.2e}; "
         f"encode {result['encode_seconds']:.3f} s, decode {result['decode_seconds']:.3f} s; "
-        f"worst unit {result['worst_layer']}",
+        f"worst unit {result['worst_layer']}; {result['weights']} weights",
         highlight=False,
     )
     if result["flagged_layers"]:

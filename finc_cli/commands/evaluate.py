@@ -27,20 +27,20 @@ def evaluate(
     samples: int = 1,
     weights: Optional[str] = None,
 ) -> dict:
-    """Returns {bpd, bpd_stderr, n_images, samples, split, dataset, checkpoint, seconds}, and with
+    """Returns {bpd, bpd_stderr, n_images, samples, split, dataset, checkpoint, weights, seconds}, and with
     `samples` K > 1 also the importance-weighted {bpd_iw, bpd_iw_stderr} over K dequantization draws.
 
     `progress(total)` may return a callback advanced by the number of images done; `notify` gets
     one-line notes about the data (a missing or unusable prepared cache).
     """
-    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.checkpoint import load_model
     from finc_cli.data.datasets import get_dataset
     from finc_cli.runtime.device import resolve_device
 
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
+    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
     ds = get_dataset(
         cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
     )
@@ -52,6 +52,7 @@ def evaluate(
         "split": split,
         "dataset": cfg.data.name,
         "checkpoint": str(checkpoint),
+        "weights": used,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -136,7 +136,7 @@ def interpolate(
     """
     import torch
 
-    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.checkpoint import load_model
     from finc_cli.files.images import save_grid
     from finc_cli.inverse import use_backend
     from finc_cli.runtime.device import resolve_device
@@ -148,7 +148,7 @@ def interpolate(
         raise InputError("give either two images or --split, not both")
     check_output_file(Path(out))
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
+    model, cfg, weights_used = load_model(checkpoint, device=str(dev), weights=weights)
     if images:
         xa, xb = _image_pair(images, model)
         source = f"{images[0]} -> {images[1]}"
@@ -169,4 +169,5 @@ def interpolate(
         "source": source,
         "dataset": cfg.data.name,
         "device": str(dev),
+        "weights": weights_used,
     }

@@ -86,17 +86,17 @@ def invert(
     `progress(total)` may return a callback advanced by the number of images done. The
     `decoded_out` grid shows each original above its reconstruction, upscaled by `scale`.
     """
-    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.checkpoint import load_model
     from finc_cli.inverse import use_backend
     from finc_cli.runtime.device import resolve_device
 
     _check_outputs(save_latents_to, decoded_out, threshold)
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
+    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
     threshold = cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:
-            return _decode_file(model, latents_from, dev, decoded_out, scale)
+            return {**_decode_file(model, latents_from, dev, decoded_out, scale), "weights": used}
         x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
         callback = progress(x.shape[0]) if progress else None
         result, latents, decoded = round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
@@ -118,6 +118,7 @@ def invert(
         "flagged_layers": [r["layer"] for r in result["layers"] if r["flagged"]],
         "latents_saved_to": save_latents_to,
         "decoded_out": decoded_out,
+        "weights": used,
     }
 
 

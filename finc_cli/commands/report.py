@@ -123,6 +123,8 @@ def summarize(records: list[dict], config: Optional[dict] = None) -> dict[str, A
         "best_val_bpd": best["val_bpd"] if best else None,
         "best_val_step": best["step"] if best else None,
         "last_val_bpd": evals[-1]["val_bpd"] if evals else None,
+        "last_val_bpd_raw": evals[-1].get("val_bpd_raw") if evals else None,
+        "last_val_weights": evals[-1].get("val_weights") if evals else None,
         "last_train_bpd": train[-1][0]["loss_bpd"] if train else None,
         "images_per_s": _median(images_s),  # median over the log intervals: robust to the ones holding an eval
         "data_wait_share": _median(shares),
@@ -174,6 +176,17 @@ def _plot_bpd(bpd, records: list[dict], train: list[dict], summary: dict) -> Non
             lw=1.5,
             capsize=2,
             label="validation",
+        )
+    raw = [r for r in evals if isinstance(r.get("val_bpd_raw"), (int, float))]
+    if raw:  # the raw weights' score beside the default weights' (the lower of raw and EMA)
+        bpd.plot(
+            [r["step"] for r in raw],
+            [r["val_bpd_raw"] for r in raw],
+            color="tab:olive",
+            ls="--",
+            marker=".",
+            lw=1,
+            label="validation, raw weights",
         )
     if summary["best_val_step"] is not None:
         bpd.annotate(

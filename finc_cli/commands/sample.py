@@ -61,7 +61,7 @@ def sample(
     """
     import torch
 
-    from finc_cli.checkpoint import load_checkpoint
+    from finc_cli.checkpoint import load_model
     from finc_cli.files.images import save_grid, save_labelled_rows, save_png, to_uint8_255
     from finc_cli.inverse import use_backend
     from finc_cli.runtime.device import resolve_device
@@ -78,7 +78,7 @@ def sample(
     else:
         check_output_file(out_path)
     dev = resolve_device(device)
-    model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
+    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
     seed = seed if seed is not None else torch.seed() % 2**63
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -110,6 +110,7 @@ def sample(
         "seconds_per_image": seconds / total,
         "dataset": cfg.data.name,
         "device": str(dev),
+        "weights": used,
         **layout,
     }
 

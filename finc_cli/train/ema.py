@@ -13,32 +13,44 @@ __all__ = ["EMA", "check_ema_weights", "load_ema_weights"]
 
 
 class EMA:
-    """shadow ← decay·shadow + (1 − decay)·param after every applied update (Glow, Flow++ keep the same).
+    """shadow ← d_t·shadow + (1 − d_t)·param after every applied update, d_t = min(decay, (1 + t)/(10 + t)).
 
-    Only parameters are averaged; buffers (ActNorm's init flag, the 1×1 conv's permutation) are
-    the model's own. Every rank updates from identical parameters, so the averages are identical
-    across ranks without communication.
+    t counts the updates applied before this one. The warm-up is TensorFlow's
+    `ExponentialMovingAverage(num_updates=t)`: close to a plain average of the weights so far early
+    on, the fixed decay later, so a short run's average does not keep decay^t of the initial weights
+    (0.999^400 = 0.67). Only parameters are averaged; buffers (ActNorm's init flag, the 1×1 conv's
+    permutation) are the model's own. Every rank updates from identical parameters, so the averages
+    are identical across ranks without communication.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = float(decay)
+        self.updates = 0
         self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def current_decay(self) -> float:
+        """The decay the next update applies."""
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        weight = 1.0 - self.current_decay()
         for name, p in model.named_parameters():
-            self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+            self.shadow[name].lerp_(p.detach(), weight)
+        self.updates += 1
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "params": dict(self.shadow)}
+        return {"decay": self.decay, "updates": self.updates, "params": dict(self.shadow)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, step: int = 0) -> None:
+        """Restore the average; a state saved without its update count takes `step` (the checkpoint's train step)."""
         params = state["params"]
         if set(params) != set(self.shadow):
             raise KeyError(f"EMA weights for {len(params)} parameters, the model has {len(self.shadow)}")
         for name, value in params.items():
             self.shadow[name].copy_(value)
         self.decay = float(state["decay"])
+        self.updates = int(state.get("updates", step))
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[None]:
@@ -76,3 +88,6 @@ def check_ema_weights(model: torch.nn.Module, state, path="checkpoint") -> None:
     for name, value in params.items():
         if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
             raise CheckpointError(f"{path}: its EMA weight {name} has the wrong shape")
+    updates = state.get("updates", 0)
+    if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+        raise CheckpointError(f"{path}: its EMA update count {updates!r} is not a count")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -259,7 +260,7 @@ class Trainer:
             self.ema = EMA(self.model, self.t.ema_decay) if self.t.ema_decay else None
             if self.ema is not None and "ema" in data:  # else the average starts from the raw weights
                 check_ema_weights(self.model, data["ema"], self.ckpt)
-                self.ema.load_state_dict(data["ema"])
+                self.ema.load_state_dict(data["ema"], step=self.state.step)  # older files: the step as the count
             self.reporter.log(f"resumed from {self.ckpt} at step {self.state.step}")
             return
         n, t = len(self.train_ds), self.t
@@ -346,7 +347,7 @@ class Trainer:
         if self._due(self.t.eval_every):
             self.last_eval = self._evaluate()
         if self.ctx.is_main and self._due(self.t.sample_every):
-            with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            with self._chosen_weights():
                 _save_samples(self.model, self.cfg, self.out / "samples" / f"step_{self.state.step:07d}.png")
             if self.tb is not None:
                 self.tb.sample_grid(self.out / "samples" / f"step_{self.state.step:07d}.png", self.state.step)
@@ -387,19 +388,24 @@ class Trainer:
     # -- evaluation, checkpoints, the metrics log --------------------------------------------------
 
     def _evaluate(self, log: bool = True) -> dict:
-        """Validation bits/dim and the k×k convolutions' reconstruction health check (of the EMA weights when kept);
-        best.pt when it improved."""
+        """Validation bits/dim of the raw and (when kept) EMA weights; the lower one becomes the default weights,
+        on which the k×k convolutions' reconstruction health check runs and best.pt is chosen."""
         t, state = self.t, self.state
-        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-            result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
+        scores = self._validation_scores()
+        choice = min(scores, key=lambda k: (_finite_or_inf(scores[k]["bpd"]), k != "ema"))  # a tie keeps the average
+        state.default_weights = choice
+        with self._chosen_weights():
             health = self.model.reconstruction_report(self.probe) if self.model.invertible_convs() else []
             if self.tb is not None and log:
                 self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
+        result = scores[choice]
         record = {
             "step": state.step,
             "val_bpd": result["bpd"],
             "val_bpd_stderr": result["bpd_stderr"],
+            "val_weights": choice,
+            **{f"val_bpd_{k}": v["bpd"] for k, v in scores.items()},
             "recon_max_err": worst,
         }
         if not worst <= t.health_threshold:  # NaN included
@@ -414,6 +420,22 @@ class Trainer:
             state.best_val_bpd = result["bpd"]
             self._save("best.pt")
         return record
+
+    def _validation_scores(self) -> dict:
+        """{"raw": evaluate_bpd result, and "ema": the same for the averaged weights when kept}."""
+        evaluate = partial(evaluate_bpd, self.model, self.val_ds, self.t.eval_batch_size, self.device)
+        scores = {"raw": evaluate()}
+        if self.ema is not None:
+            with self.ema.applied(self.model):
+                scores["ema"] = evaluate()
+        return scores
+
+    def _chosen_weights(self):
+        """The model holds the default weights inside the block: the EMA ones unless the latest validation chose
+        the raw ones (before any validation, the EMA ones)."""
+        if self.ema is None or self.state.default_weights == "raw":
+            return contextlib.nullcontext()
+        return self.ema.applied(self.model)
 
     def _save(self, name: str, periodic: bool = False) -> None:
         if self.ctx.is_main:
@@ -471,6 +493,7 @@ class Trainer:
             "seconds": time.perf_counter() - self.t0,
             "wall_s": state.wall(),
             "val_bpd": self.last_eval.get("val_bpd"),
+            "val_weights": self.last_eval.get("val_weights"),
             "best_val_bpd": state.best_val_bpd,
             "rollbacks": state.rollbacks,
             "resumed_from": str(self.ckpt) if self.ckpt else None,
@@ -511,9 +534,9 @@ class Trainer:
             self.model.load_state_dict(data["model"])
             if "optimizer" in data:
                 self.optimizer.load_state_dict(data["optimizer"])
-            if self.ema is not None and "ema" in data:
-                self.ema.load_state_dict(data["ema"])
             to_step = data.get("train_state", {}).get("step")
+            if self.ema is not None and "ema" in data:
+                self.ema.load_state_dict(data["ema"], step=to_step or 0)
             where = f"{path} (step {to_step})"
         else:
             where = "the current weights (no checkpoint yet)"
@@ -531,6 +554,10 @@ def _resolve_config(cfg: Config, ckpt: Optional[Path], overrides: Optional[dict]
     run = config_from_checkpoint(data, ckpt)
     check_resume_overrides(run, overrides)  # before the weights are loaded into anything
     return apply_overrides(config_from_checkpoint(data, ckpt), overrides), data
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
 
 
 def _estimated_checkpoint_bytes(model, optimizer) -> int:

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -30,6 +31,7 @@ class TrainState:
     rollbacks: int = 0
     lr_scale: float = 1.0  # lowered after each rollback
     wall_before_s: float = 0.0  # wall time of the sessions before this one (0 for checkpoints without wall_s)
+    default_weights: Optional[str] = None  # "ema" or "raw": the lower scorer at the latest validation
     session_t0: float = field(default_factory=time.perf_counter, repr=False)  # this session's start, not saved
 
     def wall(self, now: float | None = None) -> float:
@@ -82,6 +84,8 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=Non
     }
     if ema is not None:
         payload["ema"] = ema.state_dict()
+    if state.default_weights is not None:  # the weights commands use by default (`--weights auto`)
+        payload["default_weights"] = state.default_weights
     return payload
 
 
@@ -101,6 +105,7 @@ def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("
         state.rollbacks = int(ts.get("rollbacks", 0))
         state.lr_scale = float(ts.get("lr_scale", 1.0))
         state.wall_before_s = float(ts.get("wall_s", 0.0))
+        state.default_weights = data.get("default_weights") if data.get("default_weights") in ("ema", "raw") else None
         if "rng" in data:
             set_rng_state(data["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:

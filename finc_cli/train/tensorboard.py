@@ -22,6 +22,8 @@ _SCALARS = {
     "wall_s": "train/wall_s",
     "val_bpd": "val/bpd",
     "val_bpd_stderr": "val/bpd_stderr",
+    "val_bpd_raw": "val/bpd_raw",
+    "val_bpd_ema": "val/bpd_ema",
     "recon_max_err": "health/recon_max_err",
 }
 
