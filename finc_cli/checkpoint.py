@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
+
+from finc_cli import __version__
+from finc_cli.config import config_from_dict
 from finc_cli.errors import CheckpointError, ConfigError
+from finc_cli.files.atomic import atomic_path
+from finc_cli.model import build_model
 
 __all__ = [
+    "check_ema_weights",
+    "copy_into_parameters",
+    "load_ema_weights",
     "checkpoint_weights",
     "config_from_checkpoint",
     "FORMAT",
@@ -27,10 +39,6 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> None:
     """Write `payload` (plus format markers) atomically: temp file, fsync, rename."""
-    import torch
-
-    from finc_cli import __version__
-    from finc_cli.files.atomic import atomic_path
 
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "finc_version": __version__, **payload}
     with atomic_path(path) as tmp:
@@ -39,11 +47,6 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> N
 
 def _torch_load(path: Path, map_location: Any) -> Any:
     """torch.load with weights_only=True: plain tensors and containers only, no code run."""
-    import pickle
-    import re
-    import warnings
-
-    import torch
 
     try:
         with warnings.catch_warnings():
@@ -86,7 +89,6 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 
 
 def config_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoint"):
-    from finc_cli.config import config_from_dict
 
     try:
         return config_from_dict(data["config"])
@@ -155,7 +157,6 @@ def model_from_checkpoint(
 
     `weights`: None or "auto", "ema" or "raw", as `checkpoint_weights` resolves them.
     """
-    from finc_cli.model import build_model
 
     cfg = config_from_checkpoint(data, path)
     try:
@@ -164,8 +165,6 @@ def model_from_checkpoint(
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     load_weights(model, data["model"], path)
     if checkpoint_weights(data, weights, path) == "ema":
-        from finc_cli.train.ema import load_ema_weights
-
         load_ema_weights(model, data["ema"], path)
     if device is not None:
         model.to(device)
@@ -183,3 +182,33 @@ def load_model(path: Union[str, os.PathLike], device: Optional[str] = None, weig
 def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
     """Public API: (model in eval mode, Config) from a checkpoint file; its default weights unless `weights` says."""
     return load_model(path, device, weights)[:2]
+
+
+# How EMA weights are stored: {'decay', 'updates', 'params': {name: tensor}} beside the raw weights.
+
+
+@torch.no_grad()
+def copy_into_parameters(model, values: dict) -> None:
+    """Copy `values` (name -> tensor) into the model's parameters in place (their versions bump)."""
+    for name, p in model.named_parameters():
+        p.copy_(values[name])
+
+
+def load_ema_weights(model, state, path="checkpoint") -> None:
+    """Put a checkpoint's EMA weights into the model's parameters; a mismatch is a CheckpointError."""
+    check_ema_weights(model, state, path)
+    copy_into_parameters(model, state["params"])
+
+
+def check_ema_weights(model, state, path="checkpoint") -> None:
+    """A CheckpointError unless `state` holds EMA weights of every parameter of the model, in its shapes."""
+    params = state.get("params") if isinstance(state, dict) else None
+    expected = dict(model.named_parameters())
+    if not isinstance(params, dict) or set(params) != set(expected):
+        raise CheckpointError(f"{path}: its EMA weights do not match the model's parameters")
+    for name, value in params.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: its EMA weight {name} has the wrong shape")
+    updates = state.get("updates", 0)
+    if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+        raise CheckpointError(f"{path}: its EMA update count {updates!r} is not a count")

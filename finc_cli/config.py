@@ -9,7 +9,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
+import yaml
+
 from finc_cli.errors import ConfigError
+from finc_cli.files.atomic import atomic_write_text
 
 __all__ = [
     "apply_overrides",
@@ -190,7 +193,6 @@ def config_from_dict(raw: dict) -> Config:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'train.lr=3e-4' -> ('train.lr', 0.0003); the value is parsed as YAML."""
-    import yaml
 
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value, e.g. train.lr=3e-4")
@@ -337,7 +339,6 @@ def changed_keys(before: Config, after: Config) -> list[tuple[str, Any, Any]]:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
 
     try:
         text = path.read_text()
@@ -373,12 +374,10 @@ def load_preset(name_or_path: Union[str, os.PathLike] = "digits", overrides: Opt
 
 def config_yaml(cfg: Config) -> str:
     """The resolved config as the YAML text a run saves (and `finc config` prints)."""
-    import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def save_config(cfg: Config, path: Union[str, os.PathLike]) -> None:
-    from finc_cli.files.atomic import atomic_write_text
 
     atomic_write_text(Path(path), config_yaml(cfg))

@@ -14,7 +14,8 @@ from finc_cli.bench import data as bench
 from finc_cli.cli.benchmark import register
 from finc_cli.data.batches import step_batch
 from finc_cli.data.cache import MappedImages
-from finc_cli.data.datasets import dataset_info, get_dataset, read_split
+from finc_cli.data.datasets import dataset_info, read_split
+from finc_cli.data.load import get_dataset
 
 N = 64  # training images per tiny synthetic set
 WRITTEN = ("mnist", "cifar10", "imagenet64", "celeba64")

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from finc_cli.cli.main import app
 from finc_cli.data import cache
 from finc_cli.data.cache import MappedImages, check, prepare, resolve_cache_dir
-from finc_cli.data.datasets import get_dataset, read_split
+from finc_cli.data.datasets import read_split
+from finc_cli.data.load import get_dataset
 from finc_cli.errors import LockError
 from finc_cli.files.locking import exclusive_lock
 

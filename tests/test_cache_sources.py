@@ -18,7 +18,8 @@ from test_datasets import _write_celeba
 from finc_cli.data import cache
 from finc_cli.data.cache import MappedImages, check, prepare
 from finc_cli.data.celeba import celeba64_from_file
-from finc_cli.data.datasets import CelebAImages, get_dataset
+from finc_cli.data.datasets import CelebAImages
+from finc_cli.data.load import get_dataset
 
 TRAIN, VAL, TEST = 6, 2, 3
 

@@ -161,7 +161,7 @@ def test_invert_json_reports_exact_reconstruction_per_unit(ckpt):
 
 
 def test_saved_latents_decode_to_the_same_images(ckpt, tmp_path):
-    from finc_cli.data.datasets import get_dataset
+    from finc_cli.data.load import get_dataset
     from finc_cli.files.images import save_grid
 
     z = tmp_path / "z.pt"

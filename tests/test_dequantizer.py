@@ -11,13 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
-from finc_cli.commands.evaluate import evaluate_bpd
 from finc_cli.config import ModelConfig, load_preset
 from finc_cli.data.datasets import ImageTensorDataset
 from finc_cli.errors import ConfigError
 from finc_cli.flows.dequantizer import VariationalDequantizer, checkerboard
 from finc_cli.losses import bits_per_dim
 from finc_cli.model import FlowModel
+from finc_cli.train.validate import evaluate_bpd
 
 
 def _randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:

@@ -30,7 +30,7 @@ from torchvision.datasets.utils import download_url
 from typer.testing import CliRunner
 
 from finc_cli.cli.data import register
-from finc_cli.data.datasets import get_dataset
+from finc_cli.data.load import get_dataset
 
 app = typer.Typer()
 register(app)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from finc_cli.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from finc_cli.checkpoint import check_ema_weights, load_checkpoint, read_checkpoint, save_checkpoint
 from finc_cli.cli.main import app
 from finc_cli.config import load_preset
 from finc_cli.errors import CheckpointError
 from finc_cli.flows import FInCConv2d
 from finc_cli.inverse import centre_inverse
 from finc_cli.train import Reporter, TrainingInterrupted, train
-from finc_cli.train.ema import EMA, check_ema_weights
+from finc_cli.train.ema import EMA
 
 TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 2, "train.log_every": 1}
 

@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
-from finc_cli.commands.evaluate import evaluate_bpd
 from finc_cli.data.datasets import ImageTensorDataset
 from finc_cli.losses import bits_per_dim
+from finc_cli.train.validate import evaluate_bpd
 
 
 class TruncatedExponential(torch.nn.Module):

@@ -13,7 +13,8 @@ from cli_run import invoke, ok
 from PIL import Image
 
 from finc_cli.checkpoint import read_checkpoint
-from finc_cli.commands.report import PANELS, read_metrics, report, summarize
+from finc_cli.commands.report import PANELS, report, summarize
+from finc_cli.train.run_dir import read_metrics
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]

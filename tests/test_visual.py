@@ -48,7 +48,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_test() -> torch.Tensor:
-    from finc_cli.data.datasets import get_dataset
+    from finc_cli.data.load import get_dataset
 
     return get_dataset("digits", "test").images[:6]  # (6, 1, 8, 8), 17 levels
 

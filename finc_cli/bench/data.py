@@ -31,8 +31,19 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
+from PIL import Image
 
-from finc_cli.data.cache import source_state
+import finc_cli.data.cache  # noqa: F401 - what training imports torch is in the Pss before the data
+import finc_cli.data.datasets  # noqa: F401
+from finc_cli.config import load_preset
+from finc_cli.data.batches import step_batch
+from finc_cli.data.cache import MappedImages, prepare, source_state
+from finc_cli.data.datasets import source_files
+from finc_cli.data.load import get_dataset
+from finc_cli.data.prefetch import Prefetcher
+from finc_cli.errors import InputError
+from finc_cli.train import train
 
 __all__ = [
     "DEFAULT_IMAGES",
@@ -166,7 +177,6 @@ def _write_celeba(root: Path, n: int, rng: np.random.Generator, files: Optional[
     With `files`, that many images in all (n of them train, the rest split between val and test),
     each a copy of one tiny 8×8 JPEG: a valid set whose cost is its file count, for the source check.
     """
-    from PIL import Image
 
     folder = root / "celeba"
     images = folder / "img_align_celeba"
@@ -230,7 +240,6 @@ def write_synthetic(fmt: str, root, n: int, seed: int = 0) -> dict:
     Returns {format, images, held_out, written, bytes, seconds}. digits is bundled with scikit-learn:
     nothing is written.
     """
-    from finc_cli.errors import InputError
 
     root = Path(root)
     row = {"format": fmt, "images": n, "held_out": _held_out(n), "written": False, "bytes": None, "seconds": 0.0}
@@ -265,8 +274,6 @@ def ensure(fmt: str, root, n: Optional[int] = None, cache: bool = True, splits=(
     written = write_synthetic(fmt, folder, n) if data_dir is not None else {"seconds": 0.0}
     prepare_s = None
     if cache:
-        from finc_cli.data.cache import prepare
-
         done = prepare(fmt, data_dir, folder / "prepared", splits=splits)["splits"]
         prepare_s = sum(s["seconds"] for s in done if s["written"]) if any(s["written"] for s in done) else None
     return {
@@ -322,12 +329,6 @@ def measure(
     """
     if noise not in NOISE:
         raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
-    import torch
-
-    from finc_cli.data.batches import step_batch
-    from finc_cli.data.cache import MappedImages
-    from finc_cli.data.datasets import get_dataset
-    from finc_cli.data.prefetch import Prefetcher
 
     t0 = time.perf_counter()
     use_cache = source == "cache"
@@ -400,7 +401,6 @@ def _warm(paths: Sequence[Path]) -> None:
 
 def _read_by(fmt: str, source: str, data_dir, cache_dir) -> list[Path]:
     """The files that reading the training split of `fmt` from `source` touches."""
-    from finc_cli.data.datasets import source_files
 
     if source == "cache":
         return [Path(cache_dir) / f"{fmt}-train.npy"]
@@ -468,7 +468,6 @@ def _counted(row: dict, advance: Callable) -> dict:
 
 def _preset_options(fmt: str, batch_size: Optional[int], hflip: Optional[bool], translate: Optional[int]) -> dict:
     """Batch size and augmentation: the format's preset's unless given."""
-    from finc_cli.config import load_preset
 
     cfg = load_preset(fmt)
     return {
@@ -532,8 +531,6 @@ def _read_all(fmt: str, source: str, data_dir, cache_dir) -> tuple[dict, object]
 
     Returns the result and the dataset, which the caller keeps open while its memory is measured.
     """
-    from finc_cli.data.cache import MappedImages
-    from finc_cli.data.datasets import get_dataset
 
     t0 = time.perf_counter()
     ds = get_dataset(fmt, "train", data_dir, cache_dir=cache_dir, use_cache=source == "cache")
@@ -544,8 +541,6 @@ def _read_all(fmt: str, source: str, data_dir, cache_dir) -> tuple[dict, object]
 
 def _pss_child(fmt: str, source: str, data_dir, cache_dir) -> int:
     """Import, say "ready", wait for "go", read the split, print the result, hold the data until stdin closes."""
-    import finc_cli.data.cache  # noqa: F401 - what training imports (torch) is in the Pss before the data
-    import finc_cli.data.datasets  # noqa: F401
 
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":  # stdin closed: the parent gave up
@@ -701,8 +696,6 @@ def train_rows(
 
     Reads the data_s (waiting for the batch) and compute_s that training logs in metrics.jsonl.
     """
-    from finc_cli.config import load_preset
-    from finc_cli.train import train
 
     setup = ensure("celeba64", root, images, cache=True)
     no_cache = Path(root) / "celeba64" / "no-cache"  # an empty cache folder: training reads the JPEGs

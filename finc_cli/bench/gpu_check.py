@@ -22,8 +22,15 @@ from typing import Optional
 
 import torch
 
+from finc_cli.bench.model import model_rows as timed_rows
 from finc_cli.bench.tables import markdown_table
 from finc_cli.bench.timing import environment, summarize, time_interleaved
+from finc_cli.config import load_preset
+from finc_cli.flows.finc_conv import FInCConv2d
+from finc_cli.inverse import cupy_backend, use_backend
+from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule, plan_launch, shared_memory_limit
+from finc_cli.inverse.wavefront import wavefront_inverse
+from finc_cli.model import build_model
 
 __all__ = ["conv_rows", "gpu_check", "main", "model_rows", "render", "run_gpu_tests", "train_rows", "unit_rows"]
 
@@ -115,14 +122,6 @@ def _median_ms(times: dict, name: str) -> float:
 
 def unit_rows(shapes=LEVEL_SHAPES, batches=BATCHES, kernel_size: int = 3) -> list[dict]:
     """Per (C, H, W) and batch: forward and inverse times (ms) of one FInC unit, float32."""
-    from finc_cli.flows.finc_conv import FInCConv2d
-    from finc_cli.inverse.cupy_backend import (
-        cupy_inverse,
-        cupy_inverse_paper_schedule,
-        plan_launch,
-        shared_memory_limit,
-    )
-    from finc_cli.inverse.wavefront import wavefront_inverse
 
     rows, limit = [], shared_memory_limit()
     for batch in batches:
@@ -157,8 +156,6 @@ def unit_rows(shapes=LEVEL_SHAPES, batches=BATCHES, kernel_size: int = 3) -> lis
 
 def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
     """{name_ms: median}: the unit's forward, its inverse through the seam on each backend, and the raw kernels."""
-    from finc_cli.inverse import use_backend
-    from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule
 
     def inverse_on(backend):
         with use_backend(backend):
@@ -178,7 +175,6 @@ def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[float] = None) -> list[dict]:
     """Per preset and batch: FT and ST (cupy and wavefront inverse) of FInC and the same-depth Glow, in ms."""
-    from finc_cli.bench.model import model_rows as timed_rows
 
     rows = []
     for preset in presets:
@@ -201,7 +197,6 @@ def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[
 def conv_rows(preset=CONV_PRESET, batch=CONV_BATCH, deadline: Optional[float] = None) -> list[dict]:
     """The paper's sampling comparison on this GPU: FT, ST and the k×k inverses' share of ST for every
     `model.conv` (FInC on the cupy backend; Emerging and CInC in their raster schedules), in ms."""
-    from finc_cli.bench.model import model_rows as timed_rows
 
     if deadline is not None and time.perf_counter() > deadline:
         return [{"preset": preset, "note": "skipped: time budget"}]
@@ -217,9 +212,6 @@ def conv_rows(preset=CONV_PRESET, batch=CONV_BATCH, deadline: Optional[float] = 
 
 def _unit_error(preset: str) -> float:
     """Worst per-unit reconstruction error of the preset's FInC model (random weights) on the cupy inverse."""
-    from finc_cli.config import load_preset
-    from finc_cli.inverse import use_backend
-    from finc_cli.model import build_model
 
     torch.manual_seed(0)
     model = build_model(load_preset(preset)).cuda()
@@ -237,8 +229,6 @@ def train_rows(
 
     Rows: median ms per step, images/s and peak GPU memory, per precision and batch size.
     """
-    from finc_cli.config import load_preset
-    from finc_cli.model import build_model
 
     rows = []
     for precision in precisions:
@@ -319,8 +309,6 @@ def gpu_check(out: Path, tests: bool = True, models: bool = True, train: bool = 
     if not torch.cuda.is_available():
         result["error"] = "no CUDA device: torch.cuda.is_available() is False"
     else:
-        from finc_cli.inverse import cupy_backend
-
         reason = cupy_backend.unavailable_reason("cuda")
         if reason is not None:
             result["error"] = f"CuPy cannot use this GPU: {reason}"

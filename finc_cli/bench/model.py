@@ -15,8 +15,10 @@ import torch
 from finc_cli import inverse
 from finc_cli.bench.layer import finc_backends
 from finc_cli.bench.timing import num_threads, resolve, summarize, sync, time_interleaved
+from finc_cli.config import load_preset
 from finc_cli.errors import InputError
 from finc_cli.flows.convolutions import INVERSE_SCHEDULES
+from finc_cli.model import build_model
 
 __all__ = ["MODEL_NAMES", "PAPER_TABLE", "model_rows", "paper_rows", "parse_convs"]
 
@@ -119,8 +121,6 @@ def model_rows(
     Random weights (timing only), ActNorm initialised on one random batch. `progress(total)`
     may return a callback advanced once per batch size.
     """
-    from finc_cli.config import load_preset
-    from finc_cli.model import build_model
 
     dev, dt = resolve(device, dtype)
     overrides = dict(overrides or {})

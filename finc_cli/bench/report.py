@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from finc_cli import inverse
+from finc_cli.bench.layer import LAYERS, SEQUENTIAL, layer_rows
+from finc_cli.bench.model import model_rows, paper_rows
+from finc_cli.bench.scaling import fit_exponents, scaling_rows
 from finc_cli.bench.tables import (
     COLUMNS,
     UNIT_BACKENDS,
@@ -28,6 +32,9 @@ from finc_cli.bench.tables import (
     unit_pivot,
     with_speedups,
 )
+from finc_cli.bench.timing import environment
+from finc_cli.config import load_preset
+from finc_cli.files.atomic import atomic_write_text
 
 __all__ = [
     "BASELINE_SHAPES",
@@ -90,7 +97,6 @@ Times are medians over interleaved repeats on the CPU; they are only comparable 
 
 
 def update_file(path: Path, sections: dict[str, str]) -> None:
-    from finc_cli.files.atomic import atomic_write_text
 
     text = path.read_text() if path.exists() else HEADER
     for name, body in sections.items():
@@ -113,13 +119,11 @@ def section_env(env: dict, command: str) -> str:
 
 def cpu_backends(names: Sequence[str]) -> tuple:
     """Without a C compiler the native backend is absent: time the others rather than fail."""
-    from finc_cli import inverse
 
     return tuple(b for b in names if b != "native" or inverse.is_available("native", "cpu"))
 
 
 def section_unit(args, env: dict, command: str) -> str:
-    from finc_cli.bench.layer import layer_rows
 
     t0 = time.perf_counter()
     backends = cpu_backends(UNIT_BACKENDS)
@@ -141,7 +145,6 @@ def section_unit(args, env: dict, command: str) -> str:
 
 
 def section_baselines(args, env: dict, command: str) -> str:
-    from finc_cli.bench.layer import LAYERS, SEQUENTIAL, layer_rows
 
     t0 = time.perf_counter()
     rows = layer_rows(
@@ -165,7 +168,6 @@ def section_baselines(args, env: dict, command: str) -> str:
 
 
 def section_model(args, env: dict, command: str) -> str:
-    from finc_cli.bench.model import model_rows, paper_rows
 
     t0 = time.perf_counter()
     overrides = {"model.steps": args.model_steps} if args.model_steps else {}
@@ -179,7 +181,6 @@ def section_model(args, env: dict, command: str) -> str:
         warmup=1,
     )
     depth = rows[0]["steps"] if rows else args.model_steps
-    from finc_cli.config import load_preset
 
     full = load_preset(args.preset).model.steps
     note = (
@@ -199,7 +200,6 @@ def section_model(args, env: dict, command: str) -> str:
 
 
 def section_scaling(args, env: dict, command: str) -> str:
-    from finc_cli.bench.scaling import fit_exponents, scaling_rows
 
     t0 = time.perf_counter()
     rows = scaling_rows(
@@ -253,7 +253,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from finc_cli.bench.timing import environment
 
     command = "python -m finc_cli.bench.report " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from finc_cli.commands.report import read_metrics
 from finc_cli.errors import InputError
 from finc_cli.runtime.threads import THREADS_ENV, cpu_count
+from finc_cli.train.run_dir import read_metrics
 
 __all__ = ["DEFAULT", "parse_counts", "thread_rows"]
 

@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -22,6 +23,7 @@ import torch
 
 from finc_cli import inverse
 from finc_cli.errors import InputError
+from finc_cli.runtime.device import resolve_device
 
 __all__ = ["DTYPES", "environment", "gpu_details", "num_threads", "resolve", "summarize", "sync", "time_interleaved"]
 
@@ -42,7 +44,6 @@ def num_threads(threads: Optional[int]) -> Iterator[None]:
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """(torch.device, torch.dtype) from names; ValueError (one line) for bad ones."""
-    from finc_cli.runtime.device import resolve_device
 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -161,7 +162,6 @@ def gpu_details(device: torch.device) -> dict:
 
 
 def _driver_version() -> Optional[str]:
-    import subprocess
 
     try:
         out = subprocess.run(

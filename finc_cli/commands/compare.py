@@ -20,7 +20,18 @@ import statistics
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from finc_cli.bench.model import model_rows, parse_convs
+from finc_cli.bench.tables import format_cell
+from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
+from finc_cli.commands.evaluate import evaluate
+from finc_cli.commands.invert import invert
+from finc_cli.config import SECTIONS, check_resume_overrides, load_preset
 from finc_cli.errors import ConfigError
+from finc_cli.files.atomic import atomic_write_text
+from finc_cli.flows.convolutions import CONV_LABELS
+from finc_cli.runtime.device import resolve_device
+from finc_cli.train import train
+from finc_cli.train.run_dir import read_metrics
 
 __all__ = ["COMPARE_COLUMNS", "aggregate_seeds", "compare", "compare_markdown", "parse_seeds", "variant_row"]
 
@@ -64,7 +75,6 @@ def parse_seeds(seeds: Iterable) -> list[int]:
 
 def _flat(cfg) -> dict:
     """{'section.key': value} of every data / model / train key: the whole config as overrides."""
-    from finc_cli.config import SECTIONS
 
     raw = cfg.to_dict()
     return {f"{s}.{k}": v for s in SECTIONS for k, v in raw[s].items()}
@@ -72,7 +82,6 @@ def _flat(cfg) -> dict:
 
 def _check_same_run(run_dir: Path, cfg) -> None:
     """Refuse to reuse a variant directory trained with a different architecture, data or seed."""
-    from finc_cli.config import check_resume_overrides, load_preset
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -88,11 +97,7 @@ def _train_images_per_s(run_dir: Path, batch_size: int) -> Optional[float]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    step_s = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if "compute_s" in record and "data_s" in record:
-            step_s.append(record["data_s"] + record["compute_s"])
+    step_s = [r["data_s"] + r["compute_s"] for r in read_metrics(path) if "compute_s" in r and "data_s" in r]
     step_s = [s for s in step_s if s > 0]
     return batch_size / statistics.median(step_s) if step_s else None
 
@@ -104,10 +109,6 @@ def variant_row(
 
     FT and ST are measured later for all variants at once (`_timing`), so that their ratios share one run.
     """
-    from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
-    from finc_cli.commands.evaluate import evaluate
-    from finc_cli.commands.invert import invert
-    from finc_cli.flows.convolutions import CONV_LABELS
 
     ckpt = run_dir / "best.pt"
     data = read_checkpoint(ckpt)
@@ -153,9 +154,6 @@ def compare(
     progress reporter; `notify` gets one-line notes (skips, resumes, data). `threads`: CPU threads of
     every training run (None: each run's default, `threads.resolve_threads`).
     """
-    from finc_cli.bench.model import parse_convs
-    from finc_cli.config import load_preset
-    from finc_cli.train import train
 
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -210,8 +208,6 @@ def compare(
 def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, timing: dict, say) -> dict:
     """{conv: FT/ST columns}: every variant's architecture timed in one `model_rows` run, interleaved, so
     the ratios share the machine's load; kept in OUT/timing.json and reused while convs and settings match."""
-    from finc_cli.bench.model import model_rows
-    from finc_cli.runtime.device import resolve_device
 
     path = out / "timing.json"
     settings = {"convs": convs, **{k: timing[k] for k in ("batch", "repeats", "warmup", "threads")}}
@@ -321,7 +317,6 @@ def _summary(out: Path, preset: str, steps: int, seeds: list[int], runs: list[di
 
 def compare_markdown(result: dict) -> str:
     """The comparison as a Markdown table, with how it was run and the one-stderr check."""
-    from finc_cli.bench.tables import format_cell
 
     def cell(row: dict, key, spec: str) -> str:
         if spec == "±":
@@ -365,13 +360,11 @@ def compare_markdown(result: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from finc_cli.files.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_tables(out: Path, preset: str, steps: int, seeds: list[int], runs: list[dict]) -> dict:
-    from finc_cli.files.atomic import atomic_write_text
 
     result = _summary(out, preset, steps, seeds, runs)
     _write_json(out / "compare.json", result)

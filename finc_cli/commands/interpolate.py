@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from finc_cli.checkpoint import load_model
+from finc_cli.data.batches import fetch
+from finc_cli.data.load import get_dataset
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import check_output_file
+from finc_cli.files.images import load_images, save_grid
+from finc_cli.inverse import use_backend
+from finc_cli.runtime.device import resolve_device
 
 __all__ = ["MODES", "interpolate", "interpolate_latents", "mix"]
 
@@ -21,7 +30,6 @@ def mix(a, b, t: float, mode: str = "linear"):
     of a Gaussian sample instead of shrinking towards the mean; falls back to linear where a and b
     are (anti)parallel. t = 0 and t = 1 return a and b themselves.
     """
-    import torch
 
     if t == 0:
         return a.clone()
@@ -49,7 +57,6 @@ def interpolate_latents(model, xa, xb, steps: int, mode: str = "linear"):
     Every latent is interpolated, each split z and the final z, and the frames are decoded
     exactly, so frame 0 is xa and frame steps-1 is xb, bit for bit (decode(encode(x)) == x).
     """
-    import torch
 
     za, zb = model.encode(xa), model.encode(xb)  # lists: every split z, then the final z
     frames = []
@@ -74,9 +81,6 @@ def _check(steps: int, mode: str, images: Optional[Sequence[str]], pairs: int, s
 
 def _image_pair(paths: Sequence[str], model):
     """(A, B), each (1, C, H, W): the two files, which must have one size, the model's."""
-    from PIL import Image, UnidentifiedImageError
-
-    from finc_cli.files.images import load_images
 
     sizes = []
     for p in paths:
@@ -99,10 +103,6 @@ def _image_pair(paths: Sequence[str], model):
 
 def _split_pairs(cfg, split: str, pairs: int, data_dir, cache_dir, notify):
     """(A, B), each (P, C, H, W): images 0, 2, 4, ... and 1, 3, 5, ... of the split."""
-    import torch
-
-    from finc_cli.data.batches import fetch
-    from finc_cli.data.datasets import get_dataset
 
     ds = get_dataset(
         cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
@@ -134,12 +134,6 @@ def interpolate(
     The pairs are the image files `images` = [A, B], or with `split` the first 2·pairs images of
     that split, paired in order. `ends_exact` says whether the end frames equal A and B exactly.
     """
-    import torch
-
-    from finc_cli.checkpoint import load_model
-    from finc_cli.files.images import save_grid
-    from finc_cli.inverse import use_backend
-    from finc_cli.runtime.device import resolve_device
 
     _check(steps, mode, images, pairs, scale)
     if not images and split is None:

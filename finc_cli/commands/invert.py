@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
+from finc_cli.checkpoint import load_model
+from finc_cli.data.batches import fetch
+from finc_cli.data.load import get_dataset
 from finc_cli.errors import ImageInputError, InputError
-from finc_cli.files.atomic import check_output_file
+from finc_cli.files.atomic import atomic_path, check_output_file
+from finc_cli.files.images import load_images, save_grid, save_pairs_grid
+from finc_cli.flows.logit import quantize
+from finc_cli.inverse import use_backend
+from finc_cli.runtime.device import resolve_device
 
 __all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
@@ -15,18 +26,12 @@ LATENTS_FORMAT = "finc-latents"
 
 
 def save_latents(path: str, latents, meta: dict) -> None:
-    import torch
-
-    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         torch.save({"format": LATENTS_FORMAT, "latents": [z.cpu() for z in latents], **meta}, tmp)
 
 
 def load_latents(path: str, model) -> list:
-    import warnings
-
-    import torch
 
     if not Path(path).is_file():
         raise ImageInputError(f"latents file {path} does not exist")
@@ -52,7 +57,6 @@ def load_latents(path: str, model) -> list:
 
 def _check_outputs(save_latents_to: Optional[str], decoded_out: Optional[str], threshold: Optional[float]) -> None:
     """Bad output paths and thresholds fail before the model is loaded, and before anything is written."""
-    import math
 
     for out in (save_latents_to, decoded_out):
         if out:
@@ -86,9 +90,6 @@ def invert(
     `progress(total)` may return a callback advanced by the number of images done. The
     `decoded_out` grid shows each original above its reconstruction, upscaled by `scale`.
     """
-    from finc_cli.checkpoint import load_model
-    from finc_cli.inverse import use_backend
-    from finc_cli.runtime.device import resolve_device
 
     _check_outputs(save_latents_to, decoded_out, threshold)
     dev = resolve_device(device)
@@ -105,8 +106,6 @@ def invert(
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
     if decoded_out:
-        from finc_cli.files.images import save_pairs_grid
-
         save_pairs_grid(x, decoded, decoded_out, model.bins, scale=scale)
     worst = max(result["layers"], key=lambda r: r["max_abs_err"], default=None)
     return {
@@ -124,7 +123,6 @@ def invert(
 
 def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None) -> dict:
     """Decode the latents saved in `path`; write them as a grid when asked."""
-    import torch
 
     latents = [z.to(device) for z in load_latents(path, model)]
     t0 = time.perf_counter()
@@ -132,8 +130,6 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Op
         decoded = model.decode(latents)
     result = {"n_images": decoded.shape[0], "decode_seconds": time.perf_counter() - t0, "source": path}
     if decoded_out:
-        from finc_cli.files.images import save_grid
-
         save_grid(decoded, decoded_out, model.bins, scale=scale)
         result["decoded_out"] = decoded_out
     return result
@@ -141,14 +137,9 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Op
 
 def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, notify) -> tuple:
     """(uint8 images (N, C, H, W), a description): the image files given, else a split's first images."""
-    import torch
 
     if images:
-        from finc_cli.files.images import load_images
-
         return load_images(images, *model.image_shape, model.bins), f"{len(images)} image file(s)"
-    from finc_cli.data.batches import fetch
-    from finc_cli.data.datasets import get_dataset
 
     ds = get_dataset(
         cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
@@ -159,7 +150,6 @@ def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, not
 
 def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
     """(figures, latents, decoded images) of encode then decode on x, batch by batch; errors in intensity levels."""
-    import torch
 
     parts = [_round_trip_batch(model, x[i : i + batch_size], progress) for i in range(0, x.shape[0], batch_size)]
     latents = [torch.cat(zs) for zs in zip(*(p["latents"] for p in parts))]
@@ -187,9 +177,6 @@ def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:
 
 
 def _round_trip_batch(model, x, progress=None) -> dict:
-    import torch
-
-    from finc_cli.flows.logit import quantize
 
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     with torch.no_grad():

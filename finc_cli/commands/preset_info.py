@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from finc_cli.config import Config, list_presets, load_preset
+from finc_cli.data.datasets import dataset_info
+from finc_cli.model import build_model
+
 __all__ = ["preset_rows"]
 
 
@@ -9,8 +15,6 @@ def preset_rows() -> list[dict]:
     """One row per preset: name, dataset, image shape, L, K, k, width (coupling hidden channels),
     FInC or Glow, and the parameter count of the model `train` would build (trainable weights).
     """
-    from finc_cli.config import list_presets, load_preset
-    from finc_cli.data.datasets import dataset_info
 
     rows = []
     for name in list_presets():
@@ -41,10 +45,6 @@ def _parameter_count(cfg) -> int:
     models with K = 1 and K = 2, which build in a fraction of the time (tests check it against
     fully built models).
     """
-    import dataclasses
-
-    from finc_cli.config import Config
-    from finc_cli.model import build_model
 
     def count(steps: int) -> int:
         small = Config(name=cfg.name, data=cfg.data, model=dataclasses.replace(cfg.model, steps=steps), train=cfg.train)

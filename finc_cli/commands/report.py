@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
+import yaml
+from PIL import Image
+
 from finc_cli.errors import FincError, RunDirError
+from finc_cli.files.atomic import atomic_path, check_output_file
+from finc_cli.train.run_dir import REPORT_FILE, read_metrics
 
-__all__ = ["PANELS", "read_metrics", "REPORT_FILE", "report", "summarize"]
+__all__ = ["PANELS", "report", "summarize"]
 
-REPORT_FILE = "report.png"  # the default picture, in the run directory
 
 # The report's panels, left to right and top to bottom: the titles the figure's axes carry.
 PANELS = (
@@ -26,22 +31,7 @@ PANELS = (
 _STAGES = 4  # read the run, draw the curves, draw samples and health, write the PNG
 
 
-def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:
-    """The records of a metrics.jsonl; a line cut short (a run writing it, or killed mid-write) is skipped."""
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int):
-                records.append(record)
-    return records
-
-
 def _read_config(run: Path) -> dict:
-    import yaml
 
     path = run / "config.yaml"
     if not path.is_file():
@@ -242,8 +232,6 @@ def _plot_samples(ax, grid: Optional[Path]) -> None:
     if grid is None:
         ax.text(0.5, 0.5, "no sample grid yet", ha="center", va="center", transform=ax.transAxes)
         return
-    import numpy as np
-    from PIL import Image
 
     with Image.open(grid) as img:
         arr = np.asarray(img.convert("RGB"))
@@ -288,9 +276,6 @@ def _plot_health(ax, records: list[dict], summary: dict) -> None:
 
 def _save_png(fig, path: Path) -> None:
     """The figure as a 256-colour PNG: a third of the RGB file's size, and the curves look the same."""
-    import io
-
-    from PIL import Image
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -322,7 +307,6 @@ def report(
     `progress(total)` returns `advance(n)`, called once per stage. Nothing is written when the
     run directory is not one; the PNG is replaced atomically.
     """
-    from finc_cli.files.atomic import atomic_path, check_output_file
 
     run = Path(run_dir)
     _check_run(run)

@@ -7,8 +7,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import torch
+
+from finc_cli.checkpoint import load_model
 from finc_cli.errors import InputError, OutputError
 from finc_cli.files.atomic import check_output_file
+from finc_cli.files.images import save_grid, save_labelled_rows, save_png, to_uint8_255
+from finc_cli.inverse import use_backend
+from finc_cli.runtime.device import resolve_device
 
 __all__ = ["parse_temperatures", "sample"]
 
@@ -59,12 +65,6 @@ def sample(
     a column shows one sample at each temperature. `scale` upscales the grid (nearest neighbour;
     default: at least `images.GRID_MIN_WIDTH` pixels wide), and individual PNGs when given.
     """
-    import torch
-
-    from finc_cli.checkpoint import load_model
-    from finc_cli.files.images import save_grid, save_labelled_rows, save_png, to_uint8_255
-    from finc_cli.inverse import use_backend
-    from finc_cli.runtime.device import resolve_device
 
     temps = parse_temperatures(temperature)
     labelled = len(temps) > 1

@@ -2,7 +2,8 @@
 
 from finc_cli.data.batches import StepBatch, batch_indices, fetch, step_batch
 from finc_cli.data.cache import MappedImages, prepare
-from finc_cli.data.datasets import DATASETS, SPLITS, dataset_info, get_dataset
+from finc_cli.data.datasets import DATASETS, SPLITS, dataset_info
+from finc_cli.data.load import get_dataset
 from finc_cli.data.prefetch import Prefetcher
 
 __all__ = [

@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,8 +28,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from finc_cli.data.datasets import SPLITS, dataset_info, read_split, recipe, resolve_data_dir, source_files
+from finc_cli import __version__
+from finc_cli.data.datasets import (
+    SPLITS,
+    CelebAImages,
+    dataset_info,
+    read_split,
+    recipe,
+    resolve_data_dir,
+    source_files,
+)
 from finc_cli.errors import DatasetError
+from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from finc_cli.files.locking import exclusive_lock
 
 __all__ = [
     "ENV_VAR",
@@ -277,7 +290,6 @@ def prepare(
     progress: Optional[Progress] = None,
 ) -> dict:
     """Write each split of `name` as NAME-SPLIT.npy + .json in the cache folder (current ones are kept)."""
-    from finc_cli.files.locking import exclusive_lock
 
     dataset_info(name)
     folder = resolve_cache_dir(data_dir, cache_dir)
@@ -299,8 +311,6 @@ def prepare(
 
 def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> dict:
     """Read the split from its sources into NAME-SPLIT.npy, then write its manifest (both atomically)."""
-    from finc_cli import __version__
-    from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 
     t0 = time.perf_counter()
     array, manifest = _paths(folder, name, split)
@@ -355,8 +365,6 @@ def _chunks(ds, name: str, per_chunk: int, workers: Optional[int]):
         for start in range(0, n, per_chunk):
             yield start, images[start : start + per_chunk]
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     size = 256  # images per task: large enough to amortise the pickling, small for a smooth progress bar
     tasks = [[str(p) for p in ds.files[s : s + size]] for s in range(0, n, size)]
@@ -374,7 +382,6 @@ def _one_thread() -> None:
 
 def _decode_celeba(files: list[str]) -> np.ndarray:
     """A process-pool task: decode, crop and resize a list of CelebA JPEGs to (n, 3, 64, 64) uint8."""
-    from finc_cli.data.datasets import CelebAImages
 
     ds = CelebAImages([Path(f) for f in files])
     return ds.batch(torch.arange(len(files))).numpy()

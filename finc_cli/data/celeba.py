@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2.functional import InterpolationMode, center_crop, resize
+
 from finc_cli.errors import DatasetError
 
 __all__ = ["celeba64_batch", "celeba64_from_file"]
@@ -31,7 +36,6 @@ def celeba64_batch(paths: Sequence[str | os.PathLike]):
     Every crop is 148×148 whatever its image's size (smaller images are zero-padded, as by
     torchvision's CenterCrop), so the crops always stack.
     """
-    import torch
 
     if not paths:
         return torch.empty((0, 3, _SIZE, _SIZE), dtype=torch.uint8)
@@ -40,9 +44,6 @@ def celeba64_batch(paths: Sequence[str | os.PathLike]):
 
 def _decode(path: str | os.PathLike):
     """File -> uint8 (3, H, W) RGB (grayscale and CMYK converted), or DatasetError naming the file."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
@@ -56,13 +57,11 @@ def _decode(path: str | os.PathLike):
 
 def _crop(image):
     """(3, H, W) -> (3, 148, 148), top/left rounded as torchvision's CenterCrop (a view when it fits)."""
-    from torchvision.transforms.v2.functional import center_crop
 
     return center_crop(image, [_CROP, _CROP])
 
 
 def _resize(crops):
     """(N, 3, 148, 148) uint8 -> (N, 3, 64, 64) uint8, bilinear with antialiasing (as PIL's BILINEAR)."""
-    from torchvision.transforms.v2.functional import InterpolationMode, resize
 
     return resize(crops, [_SIZE, _SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)

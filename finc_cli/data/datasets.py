@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from finc_cli.data.augment import Augment
+from finc_cli.data.celeba import celeba64_batch, celeba64_from_file
 from finc_cli.data.safe_pickle import load_pickle
 from finc_cli.dataset_shapes import DATASETS, DatasetInfo, dataset_info
 from finc_cli.errors import DatasetError
@@ -22,7 +22,7 @@ __all__ = [
     "DatasetInfo",
     "DATASETS",
     "ENV_VAR",
-    "get_dataset",
+    "check_split",
     "ImageTensorDataset",
     "read_split",
     "recipe",
@@ -90,12 +90,10 @@ class CelebAImages(Dataset):
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         """The images at `idx` decoded as one uint8 batch (B, 3, 64, 64), not augmented."""
-        from finc_cli.data.celeba import celeba64_batch
 
         return celeba64_batch([self.files[int(i)] for i in idx])
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from finc_cli.data.celeba import celeba64_from_file
 
         x = celeba64_from_file(self.files[i])
         return self.transform(x) if self.transform is not None else x
@@ -105,44 +103,7 @@ class CelebAImages(Dataset):
 # entry point
 
 
-def get_dataset(
-    name: str,
-    split: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    train_transform: bool = False,
-    hflip: bool = False,
-    translate: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    notify: Callable[[str], None] | None = None,
-) -> Dataset:
-    """The `split` ("train", "val" or "test") of dataset `name`; items are uint8 (C, H, W) tensors.
-
-    Validation is held out of the official training set with a fixed seed; "test" is the official
-    test split (for ImageNet the official validation set, `val_data`). Augmentation applies only
-    to the training split and only when `train_transform` is set.
-
-    With `use_cache`, a prepared cache (`finc data prepare`) whose manifest matches the sources is
-    memory-mapped instead of reading the sources; a missing one or one that cannot be used (stale,
-    truncated, corrupted) is reported through `notify` in one line once the sources are read.
-    """
-    _check_split(name, split)
-    transform = Augment(hflip, translate) if train_transform and split == "train" else None
-    note = ""
-    if use_cache:
-        from finc_cli.data.cache import open_prepared
-
-        mapped, note = open_prepared(name, split, data_dir, cache_dir, transform)
-        if mapped is not None:
-            return mapped
-    ds = read_split(name, split, data_dir, transform)
-    if note and notify is not None:
-        notify(note)
-    return ds
-
-
-def _check_split(name: str, split: str) -> None:
+def check_split(name: str, split: str) -> None:
     dataset_info(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -157,7 +118,7 @@ def _root(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 def read_split(name: str, split: str, data_dir=None, transform: Callable | None = None) -> Dataset:
     """The split read from its source files (no cache): images in memory, CelebA decoded lazily."""
-    _check_split(name, split)
+    check_split(name, split)
     if name == "digits":
         return ImageTensorDataset(torch.from_numpy(_digits(split)), transform)
     root = _root(name, data_dir)
@@ -171,7 +132,7 @@ def read_split(name: str, split: str, data_dir=None, transform: Callable | None 
 
 def source_files(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The files (and, for CelebA, the image folder) that `split` of `name` is read from."""
-    _check_split(name, split)
+    check_split(name, split)
     if name == "digits":
         import sklearn.datasets
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from torchvision.datasets import CIFAR10, MNIST, CelebA
+
 from finc_cli.data.datasets import DATASETS, ENV_VAR, resolve_data_dir
 from finc_cli.errors import DatasetError, DownloadError
 
@@ -31,19 +33,16 @@ class _Source:
 
 
 def _fetch_mnist(root: Path) -> None:
-    from torchvision.datasets import MNIST
 
     MNIST(str(root), train=True, download=True)  # fetches both splits; md5 of each .gz, then gunzips
 
 
 def _fetch_cifar10(root: Path) -> None:
-    from torchvision.datasets import CIFAR10
 
     CIFAR10(str(root), train=True, download=True)  # md5 of the tarball, then of every extracted batch
 
 
 def _fetch_celeba(root: Path) -> None:
-    from torchvision.datasets import CelebA
 
     try:
         CelebA(str(root), split="all", target_type=[], download=True)  # md5 of the zip and of each list file

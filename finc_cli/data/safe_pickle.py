@@ -8,6 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray
+
 from finc_cli.errors import DatasetError
 
 __all__ = [
@@ -23,10 +28,6 @@ def _frombuffer(buf: object, dtype: np.dtype, shape: tuple, order: str) -> np.nd
 
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for core in ("numpy.core", "numpy._core"):  # pickles name the numpy 1 or numpy 2 module path
         allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct

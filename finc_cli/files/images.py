@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from torchvision.utils import make_grid
+
 from finc_cli.errors import ImageInputError, InputError
+from finc_cli.files.atomic import atomic_path
 
 __all__ = [
     "GRID_MIN_WIDTH",
@@ -26,7 +32,6 @@ PADDING = 2  # pixels between grid cells, before upscaling
 
 def to_uint8_255(images, bins: int):
     """(N, C, H, W) integers in [0, bins-1] -> uint8 in [0, 255]."""
-    import torch
 
     x = images.detach().to("cpu", torch.float64)
     if bins != 256:
@@ -36,8 +41,6 @@ def to_uint8_255(images, bins: int):
 
 def _grid(images, nrow: int, padding: int = PADDING):
     """(N, C, H, W) uint8 -> (C, H', W') uint8: torchvision's grid, `nrow` columns even when N < nrow."""
-    import torch
-    from torchvision.utils import make_grid
 
     n, c, h, w = images.shape
     if n < nrow:  # torchvision would drop the empty columns; blank cells keep the grid nrow wide
@@ -49,7 +52,6 @@ def _grid(images, nrow: int, padding: int = PADDING):
 
 
 def _to_pil(chw, scale: int = 1):
-    from PIL import Image
 
     arr = chw.permute(1, 2, 0).numpy()  # (H, W, C)
     img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
@@ -60,7 +62,6 @@ def _to_pil(chw, scale: int = 1):
 
 def save_png(chw_uint8, path: Union[str, os.PathLike], scale: int = 1) -> None:
     """Write one (C, H, W) uint8 image atomically."""
-    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         _to_pil(chw_uint8, scale).save(tmp, format="PNG")
@@ -102,7 +103,6 @@ def save_pairs_grid(
     """Write images `top` (N, C, H, W) each above its partner in `bottom`: rows of `nrow` from top,
     then the same `nrow` from bottom, and so on (e.g. originals above their reconstructions).
     """
-    import torch
 
     if top.shape != bottom.shape:
         raise InputError(f"cannot pair images of shapes {tuple(top.shape)} and {tuple(bottom.shape)}")
@@ -129,7 +129,6 @@ def save_labelled_rows(
     Row i of the picture (below the margin) is exactly what save_grid writes for that row's images
     with nrow=n and the same scale. Returns {"scale", "label_width", "row_height"} in output pixels.
     """
-    import torch
 
     _check_scale(scale)
     n = rows[0][1].shape[0]
@@ -140,7 +139,6 @@ def save_labelled_rows(
     body = _to_pil(grid, scale)
     row_height = (rows[0][1].shape[-2] + PADDING) * scale  # one row's stride in the picture
     picture, label_width = _with_labels(body, [label for label, _ in rows], row_height, PADDING * scale)
-    from finc_cli.files.atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         picture.save(tmp, format="PNG")
@@ -149,7 +147,6 @@ def save_labelled_rows(
 
 def _with_labels(body, labels: Sequence[str], row_height: int, pad: int):
     """(body with a black left margin holding each row's label in white, the margin's width)."""
-    from PIL import Image, ImageDraw, ImageFont
 
     size = max(10, min(32, (row_height - pad) // 3))
     try:
@@ -171,9 +168,6 @@ def _with_labels(body, labels: Sequence[str], row_height: int, pad: int):
 
 def load_images(paths: Sequence[str], channels: int, height: int, width: int, bins: int):
     """PNG/JPEG files -> uint8 (N, C, H, W) with values in [0, bins-1] (inverse of the grid scaling)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
 
     mode = {1: "L", 3: "RGB"}[channels]
     images = []

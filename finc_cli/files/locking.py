@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -31,7 +32,6 @@ def exclusive_lock(path, what: str, wait: bool = False) -> Iterator[None]:
     lock is never stale. With `wait` the call blocks until the holder is done; without it a held
     lock raises LockError naming the holder. The file records the holder for that message.
     """
-    import fcntl
 
     path = Path(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from finc_cli.errors import InverseBackendError
+
 __all__ = [
     "cache_dir",
     "CACHE_ENV",
@@ -177,8 +179,6 @@ def native_inverse(y: torch.Tensor, weight: torch.Tensor, linv: torch.Tensor) ->
     """The seam's `fn(y, weight, linv) -> x` (problem in `finc_cli.inverse`), float32/float64 in C."""
     lib = library()
     if lib is None:
-        from finc_cli.errors import InverseBackendError
-
         raise InverseBackendError(
             f"the native inverse backend is unavailable ({_state.get('error')}); use backend 'wavefront'"
         )

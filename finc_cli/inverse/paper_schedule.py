@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 
+from finc_cli.inverse import register_backend
 from finc_cli.inverse.reference import ORIENTATIONS
 
 __all__ = [
@@ -27,7 +28,6 @@ NAME = "paper"
 
 def register() -> None:
     """Make `inverse.solve(..., backend="paper")` run this schedule."""
-    from finc_cli.inverse import register_backend
 
     register_backend(NAME, __name__, "paper_schedule_inverse")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from finc_cli.errors import InputError
 
 __all__ = ["resolve_device"]
@@ -9,7 +11,6 @@ __all__ = ["resolve_device"]
 
 def resolve_device(name: str = "auto"):
     """'auto' -> cuda when available else cpu; asking for cuda without one is a clear error."""
-    import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from finc_cli.runtime.device import resolve_device
+
 __all__ = [
     "active",
     "all_reduce_sum",
@@ -40,7 +42,6 @@ class DistContext:
 
 def setup(device_name: str = "auto") -> DistContext:
     """Read RANK / LOCAL_RANK / WORLD_SIZE (torchrun) and join the process group when > 1."""
-    from finc_cli.runtime.device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

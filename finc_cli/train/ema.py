@@ -7,9 +7,9 @@ from typing import Iterator
 
 import torch
 
-from finc_cli.errors import CheckpointError
+from finc_cli.checkpoint import copy_into_parameters
 
-__all__ = ["EMA", "check_ema_weights", "load_ema_weights"]
+__all__ = ["EMA"]
 
 
 class EMA:
@@ -60,34 +60,8 @@ class EMA:
         are rebuilt for the weights in use.
         """
         raw = {name: p.detach().clone() for name, p in model.named_parameters()}
-        _copy_into(model, self.shadow)
+        copy_into_parameters(model, self.shadow)
         try:
             yield
         finally:
-            _copy_into(model, raw)
-
-
-@torch.no_grad()
-def _copy_into(model: torch.nn.Module, values: dict) -> None:
-    for name, p in model.named_parameters():
-        p.copy_(values[name])
-
-
-def load_ema_weights(model: torch.nn.Module, state, path="checkpoint") -> None:
-    """Put a checkpoint's EMA weights into the model's parameters; a mismatch is a CheckpointError."""
-    check_ema_weights(model, state, path)
-    _copy_into(model, state["params"])
-
-
-def check_ema_weights(model: torch.nn.Module, state, path="checkpoint") -> None:
-    """A CheckpointError unless `state` holds EMA weights of every parameter of the model, in its shapes."""
-    params = state.get("params") if isinstance(state, dict) else None
-    expected = dict(model.named_parameters())
-    if not isinstance(params, dict) or set(params) != set(expected):
-        raise CheckpointError(f"{path}: its EMA weights do not match the model's parameters")
-    for name, value in params.items():
-        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: its EMA weight {name} has the wrong shape")
-    updates = state.get("updates", 0)
-    if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
-        raise CheckpointError(f"{path}: its EMA update count {updates!r} is not a count")
+            copy_into_parameters(model, raw)

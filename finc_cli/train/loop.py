@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -14,17 +15,19 @@ from typing import Any, Optional
 import torch
 
 from finc_cli import errors
-from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
-from finc_cli.commands.evaluate import evaluate_bpd
-from finc_cli.config import Config, changed_keys, check_resume_overrides, config_from_dict, save_config
+from finc_cli.checkpoint import check_ema_weights, config_from_checkpoint, read_checkpoint, save_checkpoint
+from finc_cli.config import Config, apply_overrides, changed_keys, check_resume_overrides, config_from_dict, save_config
 from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
+from finc_cli.data.load import get_dataset
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
+from finc_cli.files.images import save_grid
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
+from finc_cli.model import build_model
 from finc_cli.runtime import distributed
 from finc_cli.runtime.threads import apply_threads, resolve_threads, step_work
-from finc_cli.train.ema import EMA, check_ema_weights
+from finc_cli.train.ema import EMA
 from finc_cli.train.run_dir import (
     LOCK_FILE,
     append_metrics,
@@ -38,6 +41,7 @@ from finc_cli.train.run_dir import (
 from finc_cli.train.state import TrainState, checkpoint_payload, params_digest, params_finite, restore
 from finc_cli.train.step import build_optimizer, nonfinite_reason, train_step
 from finc_cli.train.tensorboard import TensorBoardLogger, require_tensorboard
+from finc_cli.train.validate import evaluate_bpd
 
 __all__ = ["MAX_ROLLBACKS", "Reporter", "Trainer", "TrainingInterrupted", "train"]
 
@@ -74,7 +78,6 @@ class _Signals:
         self._old: dict = {}
 
     def __enter__(self):
-        import threading
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -225,7 +228,6 @@ class Trainer:
             )
 
     def _load_data(self) -> None:
-        from finc_cli.data.datasets import get_dataset
 
         d = self.cfg.data
         notify = self.reporter.log if self.ctx.is_main else None
@@ -236,7 +238,6 @@ class Trainer:
         self.val_ds = get_dataset(d.name, "val", d.data_dir, **kw)
 
     def _build_model(self) -> None:
-        from finc_cli.model import build_model
 
         torch.manual_seed(self.t.seed)  # identical initial weights on every rank
         self.model = build_model(self.cfg).to(self.device)
@@ -548,7 +549,6 @@ def _resolve_config(cfg: Config, ckpt: Optional[Path], overrides: Optional[dict]
     """A resumed run takes its checkpoint's config, with this call's overrides on top (fixed keys refused)."""
     if ckpt is None:
         return cfg, None
-    from finc_cli.config import apply_overrides
 
     data = read_checkpoint(ckpt)
     run = config_from_checkpoint(data, ckpt)
@@ -567,7 +567,6 @@ def _estimated_checkpoint_bytes(model, optimizer) -> int:
 
 
 def _save_samples(model, cfg: Config, path: Path) -> None:
-    from finc_cli.files.images import save_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)

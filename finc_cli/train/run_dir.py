@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finc_cli.errors import RunDirError
+from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from finc_cli.train.tensorboard import LOG_DIR
 
 __all__ = [
+    "read_metrics",
+    "REPORT_FILE",
     "LOCK_FILE",
     "RUN_FILES",
     "append_metrics",
@@ -25,6 +29,7 @@ __all__ = [
 ]
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
+REPORT_FILE = "report.png"  # `finc report`'s default picture
 LOCK_FILE = ".lock"  # held by the one process writing the run (finc_cli.files.locking)
 
 
@@ -69,16 +74,12 @@ def make_run_dir(out: Path) -> None:
 
 def clean_run_dir(out: Path, fresh: bool) -> None:
     """Drop stale temporary files; a fresh (--force) run also drops the old run's files. Needs the lock."""
-    from finc_cli.files.atomic import remove_stale_temporaries
 
     for name in (*RUN_FILES, *(p.name for p in step_checkpoints(out))):
         remove_stale_temporaries(out, name)  # left by a process killed mid-write
         if fresh:
             (out / name).unlink(missing_ok=True)
     if fresh:  # what the old run's report and TensorBoard showed is no longer this run
-        from finc_cli.commands.report import REPORT_FILE
-        from finc_cli.train.tensorboard import LOG_DIR
-
         (out / REPORT_FILE).unlink(missing_ok=True)
         shutil.rmtree(out / LOG_DIR, ignore_errors=True)
 
@@ -100,7 +101,6 @@ def keep_step_checkpoint(out: Path, step: int, keep: int) -> list[Path]:
     temporary name and renamed, so it is whole or absent. Only checkpoints of steps up to `step`
     count and are pruned: those of a later step (left by a run resumed --from an older one) stay.
     """
-    from finc_cli.files.atomic import atomic_path
 
     target = out / f"step-{step:07d}.pt"
     with atomic_path(target) as tmp:
@@ -140,14 +140,20 @@ def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint's step (they will be redone)."""
     if not path.is_file():
         return
-    from finc_cli.files.atomic import atomic_write_text
 
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(record, allow_nan=False) + "\n" for record in kept))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut short (a run writing it, or killed mid-write) is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from typing import Optional
 
 import torch
 
+from finc_cli.checkpoint import load_weights
 from finc_cli.config import Config
+from finc_cli.errors import CheckpointError
 
 __all__ = [
     "TrainState",
@@ -41,7 +44,6 @@ class TrainState:
 
 def params_digest(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer's bytes: equal digests mean bit-identical weights."""
-    import hashlib
 
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
@@ -91,8 +93,6 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=Non
 
 def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
     """Load weights, optimizer, step counters and RNG from a checkpoint; a mismatch is a CheckpointError."""
-    from finc_cli.checkpoint import load_weights
-    from finc_cli.errors import CheckpointError
 
     load_weights(model, data["model"], path)
     try:

@@ -6,6 +6,9 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from finc_cli.errors import ConfigError
 
 __all__ = ["INSTALL_HINT", "LOG_DIR", "TensorBoardLogger", "require_tensorboard"]
@@ -80,8 +83,6 @@ class TensorBoardLogger:
 
     def sample_grid(self, path: Path, step: int) -> None:
         """The grid PNG the run just wrote, as it is on disk."""
-        import numpy as np
-        from PIL import Image
 
         with Image.open(path) as img:
             arr = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
