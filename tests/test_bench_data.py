@@ -157,16 +157,14 @@ def test_cli_refuses_an_unknown_format(root):
 
 def test_noise_on_the_device_leaves_it_out_of_the_batches(root, monkeypatch):
     """What `measure` times with noise='device' is what GPU training's prefetcher makes: batches without noise."""
-    import finc_cli.data.batches as batches
-
     made = []
-    real = batches.step_batch
+    real = bench.step_batch  # the name `measure` calls
 
     def spy(*args, **kw):
         made.append(real(*args, **kw))
         return made[-1]
 
-    monkeypatch.setattr(batches, "step_batch", spy)
+    monkeypatch.setattr(bench, "step_batch", spy)
     setup = bench.ensure("imagenet64", root, N)
     row = bench.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="device")
     assert row["noise"] == "device" and made and all(b.noise is None for b in made)
