@@ -23,7 +23,7 @@ from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, st
 from finc_cli.flows.sequential import FlowSequential
 from finc_cli.losses import bits_per_dim
 
-__all__ = ["FlowModel", "build_model", "check_architecture", "level_channels"]
+__all__ = ["FlowModel", "build_model", "check_architecture", "eval_mode", "level_channels"]
 
 
 def _twos(n: int) -> int:
@@ -91,8 +91,8 @@ class Level(nn.Module):
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside the block (no ActNorm init as a side effect), the previous mode after."""
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (no ActNorm init as a side effect), the previous mode after, even on an error."""
     was_training = model.training
     model.eval()
     try:
@@ -248,7 +248,7 @@ class FlowModel(nn.Module):
         self, x: torch.Tensor, noise: str = "center", generator: Optional[torch.Generator] = None
     ) -> list[torch.Tensor]:
         """Integer images -> latents (every split z, then the final z); deterministic by default."""
-        with _eval_mode(self):
+        with eval_mode(self):
             return self.v_to_latents(self.dequantize(x, noise, generator))[0]
 
     @torch.no_grad()
@@ -276,7 +276,7 @@ class FlowModel(nn.Module):
 
         hooks = [m.register_forward_hook(record(name)) for name, m in units]
         try:
-            with _eval_mode(self):
+            with eval_mode(self):
                 self.v_to_latents(self.dequantize(x, "center"))
         finally:
             for hook in hooks:

@@ -112,6 +112,7 @@ LAYERS = [
             "finc_cli.dataset_shapes",
             "finc_cli.files",
             "finc_cli.runtime",
+            "finc_cli.text",
         ],
     ),
     ("inverse", ["finc_cli.inverse"]),

@@ -31,6 +31,7 @@ from finc_cli.inverse import cupy_backend, use_backend
 from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule, plan_launch, shared_memory_limit
 from finc_cli.inverse.wavefront import wavefront_inverse
 from finc_cli.model import build_model
+from finc_cli.text import first_line
 
 __all__ = ["conv_rows", "gpu_check", "main", "model_rows", "render", "run_gpu_tests", "train_rows", "unit_rows"]
 
@@ -248,7 +249,7 @@ def train_rows(
                     step_ms=ms, images_per_s=batch / (ms / 1e3), peak_gib=torch.cuda.max_memory_allocated() / 2**30
                 )
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, the check goes on
-                row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                row["note"] = f"failed: {type(exc).__name__}: {first_line(exc)[:120]}"
             rows.append(row)
             torch.cuda.empty_cache()
     return rows

@@ -19,6 +19,7 @@ from finc_cli.config import load_preset
 from finc_cli.errors import InputError
 from finc_cli.flows.convolutions import INVERSE_SCHEDULES
 from finc_cli.model import build_model
+from finc_cli.text import comma_list
 
 __all__ = ["MODEL_NAMES", "PAPER_TABLE", "model_rows", "paper_rows", "parse_convs"]
 
@@ -82,12 +83,11 @@ def paper_rows() -> list[dict]:
 def parse_convs(convs: Iterable[str]) -> list[str]:
     """Conv names from repeatable or comma-separated values ("finc,emerging"; "glow" means "none"), in order."""
     out = []
-    for item in convs:
-        for name in (n.strip() for n in str(item).split(",")):
-            name = "none" if name == "glow" else name
-            if name not in MODEL_NAMES:
-                raise InputError(f"unknown convolution '{name}'; choose from finc, emerging, cinc, none")
-            out += [name] if name and name not in out else []
+    for name in comma_list(convs):
+        name = "none" if name == "glow" else name
+        if name not in MODEL_NAMES:
+            raise InputError(f"unknown convolution '{name}'; choose from finc, emerging, cinc, none")
+        out += [] if name in out else [name]
     if not out:
         raise InputError("give at least one convolution, e.g. --conv finc,emerging,cinc,none")
     return out

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from finc_cli.errors import InputError
 from finc_cli.runtime.threads import THREADS_ENV, cpu_count
+from finc_cli.text import comma_list
 from finc_cli.train.run_dir import read_metrics
 
 __all__ = ["DEFAULT", "parse_counts", "thread_rows"]
@@ -23,12 +24,12 @@ DEFAULT = "default"  # no --threads: finc's own choice (FINC_THREADS and OMP_NUM
 def parse_counts(text: str, name: str, allow_default: bool = False) -> list:
     """'1,2' -> [1, 2]; with allow_default, 'default' stays as is."""
     out: list = []
-    for item in (t.strip() for t in text.split(",")):
+    for item in comma_list(text):
         if allow_default and item == DEFAULT:
             out.append(DEFAULT)
         elif item.isdigit() and int(item) > 0:
             out.append(int(item))
-        elif item:
+        else:
             extra = " or 'default'" if allow_default else ""
             raise InputError(f"{name} {text!r}: give positive integers{extra}, comma-separated")
     if not out:

@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import ThreadsOpt, console, emit_json, handle_errors, parse_sets, use_threads
+from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets, use_threads
+from finc_cli.cli.options import DeviceOpt, ThreadsOpt
 from finc_cli.cli.progress import progress_bars
+from finc_cli.text import comma_list
 
 __all__ = [
     "DType",
@@ -35,11 +37,10 @@ class DType(str, Enum):
     float64 = "float64"
 
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Floating point type.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per variant.")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per variant first.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help='Print one JSON object {"env":..., "rows":[...]}.')]
+JsonRowsOpt = Annotated[bool, typer.Option("--json", help='Print one JSON object {"env":..., "rows":[...]}.')]
 CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="Also write the rows to this CSV file.")]
 BackendsOpt = Annotated[
     Optional[list[str]],
@@ -113,7 +114,7 @@ def layer_cli(
     threads: ThreadsOpt = None,
     repeats: RepeatsOpt = 20,
     warmup: WarmupOpt = 2,
-    json_out: JsonOpt = False,
+    json_out: JsonRowsOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
     """Forward and inverse time of one invertible layer (FInC per inverse backend, Emerging, CInC, Glow 1×1)."""
@@ -167,7 +168,7 @@ def model_cli(
     threads: ThreadsOpt = None,
     repeats: RepeatsOpt = 3,
     warmup: WarmupOpt = 1,
-    json_out: JsonOpt = False,
+    json_out: JsonRowsOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
     """FT (forward, bits/dim) and ST (sampling) of a preset's model per convolution (default FInC and Glow), and
@@ -231,7 +232,7 @@ def scaling_cli(
         int, typer.Option("--repeats", min=1, help="Timed calls per measurement (fewer when slow).")
     ] = 5,
     warmup: WarmupOpt = 1,
-    json_out: JsonOpt = False,
+    json_out: JsonRowsOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
     """Inverse time against image size n and kernel size k per backend, with the fitted growth exponent."""
@@ -332,7 +333,7 @@ def data_cli(
     ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches.")] = 0,
     threads: ThreadsOpt = None,
-    json_out: JsonOpt = False,
+    json_out: JsonRowsOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
     """Images/s, time to the first batch and peak memory of each dataset format, from its sources and prepared."""
@@ -342,11 +343,11 @@ def data_cli(
 
     threads = use_threads(threads)
 
-    chosen = [f.strip() for text in formats or [] for f in text.split(",") if f.strip()] or list(bench.FORMATS)
+    chosen = comma_list(formats or []) or list(bench.FORMATS)
     unknown = [f for f in chosen if f not in bench.FORMATS]
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; choose from {', '.join(bench.FORMATS)}")
-    noise_list = [n.strip() for text in noise or [] for n in text.split(",") if n.strip()] or list(bench.NOISE)
+    noise_list = comma_list(noise or []) or list(bench.NOISE)
     bad = [n for n in noise_list if n not in bench.NOISE]
     if bad:
         raise typer.BadParameter(f"unknown --noise {bad[0]!r}; choose from {', '.join(bench.NOISE)}")
@@ -412,7 +413,7 @@ def threads_cli(
         Optional[list[str]], typer.Option("--set", help="Override for every run, e.g. train.batch_size=256.")
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Rounds over the grid; medians reported.")] = 1,
-    json_out: JsonOpt = False,
+    json_out: JsonRowsOpt = False,
     csv_path: CsvOpt = None,
 ) -> None:
     """Steps/s of `finc train` runs launched side by side (--jobs) with --threads each, and combined."""

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
-from enum import Enum
-from typing import Annotated, Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 
+from finc_cli.text import finite_or_none, first_line
+
 __all__ = [
-    "Split",
-    "Weights",
-    "WEIGHTS_HELP",
     "debug_enabled",
     "DEBUG_ENV",
     "emit_json",
@@ -29,8 +26,8 @@ __all__ = [
     "handle_errors",
     "parse_sets",
     "render_table",
+    "note",
     "state",
-    "ThreadsOpt",
     "use_threads",
 ]
 
@@ -59,14 +56,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     raise typer.Exit(code)
 
 
+def note(text: str) -> None:
+    """A one-line note on stderr (e.g. about the data: a missing or unusable prepared cache)."""
+    err_console.print(text, highlight=False, soft_wrap=True)
+
+
 def debug_enabled() -> bool:
     """`finc --debug ...` or FINC_DEBUG=1: internal errors keep their traceback."""
     return state["debug"] or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -86,14 +83,14 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except FincError as exc:
-            fail(_first_line(exc), exc.exit_code)
+            fail(first_line(exc), exc.exit_code)
         except OSError as exc:  # I/O failure mid-run (e.g. ENOSPC): writes are atomic, so nothing is half-written
             fail(_io_message(exc), EXIT_IO)
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless asked for the traceback
             if debug_enabled():
                 raise
             fail(
-                f"internal error ({type(exc).__name__}: {_first_line(exc)}); this is a bug in finc, "
+                f"internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug in finc, "
                 f"please report it with the traceback from: finc --debug ... (or {DEBUG_ENV}=1)",
                 EXIT_INTERNAL,
             )
@@ -111,19 +108,9 @@ def parse_sets(pairs: Optional[list[str]]) -> dict:
     return out
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def emit_json(data: dict) -> None:
     """One JSON object on stdout (non-finite floats as null), nothing else."""
-    sys.stdout.write(json.dumps(_clean(data)) + "\n")
+    sys.stdout.write(json.dumps(finite_or_none(data)) + "\n")
     sys.stdout.flush()
 
 
@@ -141,17 +128,6 @@ def render_table(title: str, data: dict, keys: Optional[list[str]] = None) -> No
     console.print(table)
 
 
-ThreadsOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--threads",
-        min=1,
-        help="CPU threads (torch.set_num_threads); else $FINC_THREADS, else a set $OMP_NUM_THREADS, else finc's "
-        "default (one for a small model's training, else all cores).",
-    ),
-]
-
-
 def use_threads(flag: Optional[int]) -> int:
     """Resolve --threads (flag > FINC_THREADS > OMP_NUM_THREADS > all cores) and apply it; returns the count."""
     from finc_cli.runtime.threads import apply_threads, resolve_threads
@@ -159,25 +135,3 @@ def use_threads(flag: Optional[int]) -> int:
     choice = resolve_threads(flag)
     apply_threads(choice.n)
     return choice.n
-
-
-WEIGHTS_HELP = (
-    "auto: the weights that scored lower at the run's latest validation (older checkpoints: ema when saved); "
-    "ema: the averaged weights; raw: the optimizer's."
-)
-
-
-class Split(str, Enum):
-    """A dataset split, as the commands' --split options take it."""
-
-    train = "train"
-    val = "val"
-    test = "test"
-
-
-class Weights(str, Enum):
-    """Which weights of a checkpoint a command uses: the run's choice, the EMA average or the raw ones."""
-
-    auto = "auto"
-    ema = "ema"
-    raw = "raw"

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import ThreadsOpt, console, emit_json, err_console, handle_errors, parse_sets, use_threads
+from finc_cli.cli.common import console, emit_json, err_console, handle_errors, note, parse_sets, use_threads
+from finc_cli.cli.options import DeviceOpt, JsonOpt, PresetOpt, QuietOpt, ThreadsOpt
 
 __all__ = ["compare_cli", "register"]
 
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def compare_cli(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or YAML path.")] = "digits",
+    preset: PresetOpt = "digits",
     convs: Annotated[
         Optional[list[str]],
         typer.Option("--conv", help="Convolutions: finc, emerging, cinc, none (comma-separated or repeated)."),
@@ -37,14 +38,14 @@ def compare_cli(
             "bits/dim is then the mean ± standard error over seeds.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     timing_batch: Annotated[
         int, typer.Option("--timing-batch", min=1, help="Images per FT/ST call (the paper's: 100).")
     ] = 100,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed FT/ST calls per variant.")] = 3,
     threads: ThreadsOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train one model per convolution with the same seed, data order and steps; tabulate test bits/dim ± stderr,
     parameters, training images/s, FT, ST and reconstruction error. Rerun the same command to resume."""
@@ -58,9 +59,6 @@ def compare_cli(
     timing_threads = use_threads(threads)  # the FT/ST timing; each training run picks its own without --threads
     chosen = convs or ["finc,emerging,cinc,none"]
     out_dir = Path(out) if out else Path("runs") / f"compare-{load_preset(preset).name}"
-
-    def note(text: str) -> None:
-        err_console.print(text, highlight=False, soft_wrap=True)
 
     try:
         result = compare(

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, render_table
+from finc_cli.cli.options import CacheDirOpt, DataDirOpt, JsonOpt
 
 __all__ = ["download_cli", "info_cli", "prepare_cli", "register"]
 
@@ -15,13 +16,6 @@ data_app = typer.Typer(
     help="Datasets: download (where allowed), prepare a memory-mapped cache, and show what is found.",
     no_args_is_help=True,
 )
-
-DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
-CacheDirOpt = Annotated[
-    Optional[str],
-    typer.Option("--cache-dir", help="Prepared-cache folder (else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
 def register(app: typer.Typer) -> None:

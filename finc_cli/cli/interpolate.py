@@ -7,16 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import (
-    WEIGHTS_HELP,
+from finc_cli.cli.common import console, emit_json, handle_errors, note, use_threads
+from finc_cli.cli.options import (
+    BackendOpt,
+    CacheDirOpt,
+    CheckpointArg,
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    ScaleOpt,
     Split,
     ThreadsOpt,
     Weights,
-    console,
-    emit_json,
-    err_console,
-    handle_errors,
-    use_threads,
+    WeightsOpt,
 )
 
 __all__ = ["interpolate_cli", "Mode", "register"]
@@ -32,13 +35,9 @@ def register(app: typer.Typer) -> None:
     app.command("interpolate")(interpolate_cli)
 
 
-def _note(text: str) -> None:
-    err_console.print(text, highlight=False, soft_wrap=True)
-
-
 @handle_errors
 def interpolate_cli(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file.")],
+    checkpoint: CheckpointArg,
     images: Annotated[Optional[list[str]], typer.Argument(help="Two images A and B (or none with --split).")] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="PNG strip: one row of --steps frames per pair.")] = (
         "interpolation.png"
@@ -49,17 +48,14 @@ def interpolate_cli(
         Optional[Split], typer.Option("--split", help="Take pairs from this split instead of image files.")
     ] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="With --split: how many pairs (the first 2N images).")] = 4,
-    scale: Annotated[
-        Optional[int],
-        typer.Option("--scale", min=1, help="Integer upscale, nearest neighbour (default: at least 512 px wide)."),
-    ] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")] = None,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Prepared-data folder.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    backend: Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend.")] = None,
-    weights: Annotated[Weights, typer.Option("--weights", help=WEIGHTS_HELP)] = Weights.auto,
+    scale: ScaleOpt = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
+    weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Interpolate every latent between A and B and decode exactly: the strip's ends are A and B, bit for bit."""
     from finc_cli.commands.interpolate import interpolate
@@ -68,19 +64,19 @@ def interpolate_cli(
 
     result = interpolate(
         checkpoint,
-        images,
-        out,
-        steps,
-        mode.value,
-        split.value if split else None,
-        pairs if split else 1,
-        scale,
-        data_dir,
-        cache_dir,
-        device,
-        backend,
-        weights.value,
-        notify=_note,
+        images=images,
+        out=out,
+        steps=steps,
+        mode=mode.value,
+        split=split.value if split else None,
+        pairs=pairs if split else 1,
+        scale=scale,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        device=device,
+        backend=backend,
+        weights=weights.value,
+        notify=note,
     )
     if json_out:
         emit_json(result)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets
+from finc_cli.cli.options import JsonOpt, PresetOpt, SetsOpt
 
 __all__ = ["config_cli", "presets_cli", "register"]
 
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def presets_cli(
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Each preset's dataset, levels L, steps per level K, kernel k, coupling width and parameter count."""
     from finc_cli.commands.preset_info import preset_rows
@@ -50,12 +51,8 @@ def presets_cli(
 
 @handle_errors
 def config_cli(
-    preset: Annotated[
-        str, typer.Option("--preset", "-p", help="Preset name (presets/NAME.yaml) or a YAML path.")
-    ] = "digits",
-    sets: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override any key: section.key=value (repeatable).")
-    ] = None,
+    preset: PresetOpt = "digits",
+    sets: SetsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the config as one JSON object.")] = False,
 ) -> None:
     """Print the resolved config (preset + --set overrides) as the YAML that `finc train` saves as config.yaml."""

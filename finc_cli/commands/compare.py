@@ -30,6 +30,7 @@ from finc_cli.errors import ConfigError
 from finc_cli.files.atomic import atomic_write_text
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.runtime.device import resolve_device
+from finc_cli.text import comma_list
 from finc_cli.train import train
 from finc_cli.train.run_dir import read_metrics
 
@@ -57,17 +58,14 @@ COMPARE_COLUMNS = [
 def parse_seeds(seeds: Iterable) -> list[int]:
     """Seeds from repeatable or comma-separated values ("0,1,2"), in order, each once; non-negative integers."""
     out: list[int] = []
-    for item in seeds:
-        for text in (t.strip() for t in str(item).split(",")):
-            if not text:
-                continue
-            try:
-                seed = int(text)
-            except ValueError:
-                raise ConfigError(f"--seeds takes integers, e.g. --seeds 0,1,2; got {text!r}") from None
-            if seed < 0:
-                raise ConfigError(f"--seeds takes non-negative integers, got {seed}")
-            out += [] if seed in out else [seed]
+    for text in comma_list(seeds):
+        try:
+            seed = int(text)
+        except ValueError:
+            raise ConfigError(f"--seeds takes integers, e.g. --seeds 0,1,2; got {text!r}") from None
+        if seed < 0:
+            raise ConfigError(f"--seeds takes non-negative integers, got {seed}")
+        out += [] if seed in out else [seed]
     if not out:
         raise ConfigError("give at least one seed, e.g. --seeds 0,1,2")
     return out

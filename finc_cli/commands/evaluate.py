@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from finc_cli.checkpoint import load_model
-from finc_cli.data.load import get_dataset
+from finc_cli.commands.inference import load_inference
 from finc_cli.errors import InputError
-from finc_cli.runtime.device import resolve_device
 from finc_cli.train.validate import evaluate_bpd
 
 __all__ = ["evaluate"]
@@ -16,6 +14,7 @@ __all__ = ["evaluate"]
 
 def evaluate(
     checkpoint: str,
+    *,
     split: str = "test",
     data_dir: Optional[str] = None,
     batch_size: Optional[int] = None,
@@ -35,19 +34,19 @@ def evaluate(
 
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
-    dev = resolve_device(device)
-    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
-    ds = get_dataset(
-        cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
+    run = load_inference(
+        checkpoint, device=device, weights=weights, data_dir=data_dir, cache_dir=cache_dir, notify=notify
     )
+    ds = run.dataset(split)
     callback = progress(len(ds)) if progress else None
     t0 = time.perf_counter()
-    result = evaluate_bpd(model, ds, batch_size or cfg.train.eval_batch_size, dev, progress=callback, samples=samples)
+    batch = batch_size or run.cfg.train.eval_batch_size
+    result = evaluate_bpd(run.model, ds, batch, run.device, progress=callback, samples=samples)
     return {
         **result,
         "split": split,
-        "dataset": cfg.data.name,
+        "dataset": run.cfg.data.name,
         "checkpoint": str(checkpoint),
-        "weights": used,
+        "weights": run.weights,
         "seconds": time.perf_counter() - t0,
     }

@@ -8,14 +8,12 @@ from typing import Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from finc_cli.checkpoint import load_model
+from finc_cli.commands.inference import Inference, load_inference
 from finc_cli.data.batches import fetch
-from finc_cli.data.load import get_dataset
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import check_output_file
 from finc_cli.files.images import load_images, save_grid
 from finc_cli.inverse import use_backend
-from finc_cli.runtime.device import resolve_device
 
 __all__ = ["MODES", "interpolate", "interpolate_latents", "mix"]
 
@@ -101,20 +99,19 @@ def _image_pair(paths: Sequence[str], model):
     return x[:1], x[1:]
 
 
-def _split_pairs(cfg, split: str, pairs: int, data_dir, cache_dir, notify):
+def _split_pairs(run: Inference, split: str, pairs: int):
     """(A, B), each (P, C, H, W): images 0, 2, 4, ... and 1, 3, 5, ... of the split."""
 
-    ds = get_dataset(
-        cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
-    )
+    ds = run.dataset(split)
     if len(ds) < 2 * pairs:
-        raise InputError(f"--pairs {pairs} needs {2 * pairs} images but {cfg.data.name}/{split} has {len(ds)}")
+        raise InputError(f"--pairs {pairs} needs {2 * pairs} images but {run.cfg.data.name}/{split} has {len(ds)}")
     x = fetch(ds, torch.arange(2 * pairs))
     return x[0::2], x[1::2]
 
 
 def interpolate(
     checkpoint: str,
+    *,
     images: Optional[Sequence[str]] = None,
     out: str = "interpolation.png",
     steps: int = 8,
@@ -141,14 +138,16 @@ def interpolate(
     if images and split is not None:
         raise InputError("give either two images or --split, not both")
     check_output_file(Path(out))
-    dev = resolve_device(device)
-    model, cfg, weights_used = load_model(checkpoint, device=str(dev), weights=weights)
+    run = load_inference(
+        checkpoint, device=device, weights=weights, data_dir=data_dir, cache_dir=cache_dir, notify=notify
+    )
+    model, dev = run.model, run.device
     if images:
         xa, xb = _image_pair(images, model)
         source = f"{images[0]} -> {images[1]}"
     else:
-        xa, xb = _split_pairs(cfg, split, pairs, data_dir, cache_dir, notify)
-        source = f"{cfg.data.name}/{split} (first {2 * xa.shape[0]} images, paired in order)"
+        xa, xb = _split_pairs(run, split, pairs)
+        source = f"{run.cfg.data.name}/{split} (first {2 * xa.shape[0]} images, paired in order)"
     with use_backend(backend):
         frames = interpolate_latents(model, xa.to(dev), xb.to(dev), steps, mode)  # (P, S, C, H, W)
     exact = bool(torch.equal(frames[:, 0], xa.cpu()) and torch.equal(frames[:, -1], xb.cpu()))
@@ -161,7 +160,7 @@ def interpolate(
         "ends_exact": exact,
         "scale": used,
         "source": source,
-        "dataset": cfg.data.name,
+        "dataset": run.cfg.data.name,
         "device": str(dev),
-        "weights": weights_used,
+        "weights": run.weights,
     }

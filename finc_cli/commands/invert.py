@@ -10,15 +10,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from finc_cli.checkpoint import load_model
+from finc_cli.commands.inference import Inference, load_inference
 from finc_cli.data.batches import fetch
-from finc_cli.data.load import get_dataset
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import atomic_path, check_output_file
 from finc_cli.files.images import load_images, save_grid, save_pairs_grid
 from finc_cli.flows.logit import quantize
 from finc_cli.inverse import use_backend
-from finc_cli.runtime.device import resolve_device
 
 __all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
@@ -67,6 +65,7 @@ def _check_outputs(save_latents_to: Optional[str], decoded_out: Optional[str], t
 
 def invert(
     checkpoint: str,
+    *,
     images: Optional[Sequence[str]] = None,
     split: str = "test",
     limit: int = 256,
@@ -92,15 +91,17 @@ def invert(
     """
 
     _check_outputs(save_latents_to, decoded_out, threshold)
-    dev = resolve_device(device)
-    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
-    threshold = cfg.train.health_threshold if threshold is None else threshold
+    run = load_inference(
+        checkpoint, device=device, weights=weights, data_dir=data_dir, cache_dir=cache_dir, notify=notify
+    )
+    model, used = run.model, run.weights
+    threshold = run.cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:
-            return {**_decode_file(model, latents_from, dev, decoded_out, scale), "weights": used}
-        x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
+            return {**_decode_file(model, latents_from, run.device, decoded_out, scale), "weights": used}
+        x, source = _inputs(run, images, split, limit)
         callback = progress(x.shape[0]) if progress else None
-        result, latents, decoded = round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
+        result, latents, decoded = round_trip(model, x.to(run.device), run.cfg.train.eval_batch_size, callback)
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
     if save_latents_to:
@@ -135,17 +136,14 @@ def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Op
     return result
 
 
-def _inputs(model, cfg, images, split: str, limit: int, data_dir, cache_dir, notify) -> tuple:
+def _inputs(run: Inference, images, split: str, limit: int) -> tuple:
     """(uint8 images (N, C, H, W), a description): the image files given, else a split's first images."""
 
     if images:
-        return load_images(images, *model.image_shape, model.bins), f"{len(images)} image file(s)"
-
-    ds = get_dataset(
-        cfg.data.name, split, data_dir or cfg.data.data_dir, cache_dir=cache_dir or cfg.data.cache_dir, notify=notify
-    )
+        return load_images(images, *run.model.image_shape, run.model.bins), f"{len(images)} image file(s)"
+    ds = run.dataset(split)
     x = fetch(ds, torch.arange(min(limit, len(ds))))
-    return x, f"{cfg.data.name}/{split} (first {x.shape[0]})"
+    return x, f"{run.cfg.data.name}/{split} (first {x.shape[0]})"
 
 
 def round_trip(model, x, batch_size: int = 256, progress=None) -> tuple:

@@ -9,12 +9,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from finc_cli.checkpoint import load_model
+from finc_cli.commands.inference import load_inference
 from finc_cli.errors import InputError, OutputError
+from finc_cli.files import images  # through the module: a stand-in for one of its writers reaches this command
 from finc_cli.files.atomic import check_output_file
-from finc_cli.files.images import save_grid, save_labelled_rows, save_png, to_uint8_255
 from finc_cli.inverse import use_backend
-from finc_cli.runtime.device import resolve_device
+from finc_cli.text import comma_list
 
 __all__ = ["parse_temperatures", "sample"]
 
@@ -26,7 +26,7 @@ def parse_temperatures(value: Union[float, str, Sequence[float]]) -> list[float]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         items: list = [value]
     elif isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
+        items = comma_list(value, keep_empty=True)
     else:
         items = list(value)
     temps = []
@@ -47,6 +47,7 @@ def parse_temperatures(value: Union[float, str, Sequence[float]]) -> list[float]
 
 def sample(
     checkpoint: str,
+    *,
     n: Optional[int] = None,
     out: str = "samples.png",
     temperature: Union[float, str, Sequence[float]] = 1.0,
@@ -77,8 +78,8 @@ def sample(
         check_output_file(out_path / "x.png") if out_path.is_dir() else check_output_file(out_path)
     else:
         check_output_file(out_path)
-    dev = resolve_device(device)
-    model, cfg, used = load_model(checkpoint, device=str(dev), weights=weights)
+    run = load_inference(checkpoint, device=device, weights=weights)
+    model, dev = run.model, run.device
     seed = seed if seed is not None else torch.seed() % 2**63
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -93,12 +94,13 @@ def sample(
     seconds = time.perf_counter() - t0
     layout: dict = {}
     if individual:
-        _save_individual(to_uint8_255(rows[0], model.bins), out_path, lambda x, p: save_png(x, p, scale or 1))
+        pixels = images.to_uint8_255(rows[0], model.bins)
+        _save_individual(pixels, out_path, lambda x, p: images.save_png(x, p, scale or 1))
         layout["scale"] = scale or 1
     elif labelled:
-        layout = save_labelled_rows([(f"T={t:g}", x) for t, x in zip(temps, rows)], out_path, model.bins, scale)
+        layout = images.save_labelled_rows([(f"T={t:g}", x) for t, x in zip(temps, rows)], out_path, model.bins, scale)
     else:
-        layout["scale"] = save_grid(rows[0], out_path, model.bins, nrow=nrow, scale=scale)
+        layout["scale"] = images.save_grid(rows[0], out_path, model.bins, nrow=nrow, scale=scale)
     total = n * len(temps)
     return {
         "n": total,
@@ -108,9 +110,9 @@ def sample(
         "seed": seed,
         "sampling_seconds": seconds,
         "seconds_per_image": seconds / total,
-        "dataset": cfg.data.name,
+        "dataset": run.cfg.data.name,
         "device": str(dev),
-        "weights": used,
+        "weights": run.weights,
         **layout,
     }
 

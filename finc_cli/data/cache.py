@@ -41,6 +41,7 @@ from finc_cli.data.datasets import (
 from finc_cli.errors import DatasetError
 from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.files.locking import exclusive_lock
+from finc_cli.text import first_line
 
 __all__ = [
     "ENV_VAR",
@@ -234,7 +235,7 @@ def _compare(info: dict, name: str, split: str, data_dir, status: CacheStatus, v
     try:
         now = source_state(name, split, data_dir)
     except (DatasetError, OSError) as exc:
-        return "stale", f"its source files cannot be checked ({str(exc).splitlines()[0]})"
+        return "stale", f"its source files cannot be checked ({first_line(exc)})"
     status.checked = _count(now)
     changed = _source_change(now, info.get("sources") or [])
     if changed:

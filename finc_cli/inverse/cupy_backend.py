@@ -22,6 +22,7 @@ import torch
 
 from finc_cli.errors import InverseBackendError
 from finc_cli.inverse import kernel_source as ks
+from finc_cli.text import first_line
 
 __all__ = [
     "LaunchPlan",
@@ -62,8 +63,7 @@ def _device_index(device: torch.device) -> int:
 
 def _why(exc: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _probe(index: int) -> Optional[str]:

@@ -24,7 +24,7 @@ from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.files.images import save_grid
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
-from finc_cli.model import build_model
+from finc_cli.model import build_model, eval_mode
 from finc_cli.runtime import distributed
 from finc_cli.runtime.threads import apply_threads, resolve_threads, step_work
 from finc_cli.train.ema import EMA
@@ -570,9 +570,6 @@ def _save_samples(model, cfg: Config, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         images = model.sample(64, temperature=cfg.train.sample_temperature, generator=g)
-    model.train(was_training)
     save_grid(images, path, model.bins, nrow=8)

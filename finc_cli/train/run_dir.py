@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from finc_cli.errors import RunDirError
 from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from finc_cli.text import finite_or_none
 from finc_cli.train.tensorboard import LOG_DIR
 
 __all__ = [
@@ -121,19 +121,11 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become null (strict JSON); the event records say which value was bad."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def append_metrics(path: Path, record: dict) -> None:
-    """One strict-JSON object per line; a line cut by a crash is dropped on resume."""
+    """One strict-JSON object per line (non-finite floats as null: the event records say which value was bad);
+    a line cut by a crash is dropped on resume."""
     with open(path, "a") as fh:
-        fh.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+        fh.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -14,6 +14,7 @@ import torch
 from finc_cli.checkpoint import load_weights
 from finc_cli.config import Config
 from finc_cli.errors import CheckpointError
+from finc_cli.text import first_line
 
 __all__ = [
     "TrainState",
@@ -109,5 +110,5 @@ def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("
         if "rng" in data:
             set_rng_state(data["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        detail = first_line(exc)[:160]
         raise CheckpointError(f"{path}: its optimizer or training state does not fit this run ({detail})") from None

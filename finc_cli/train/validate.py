@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from finc_cli.data.batches import fetch
+from finc_cli.model import eval_mode
 from finc_cli.runtime import distributed
 
 __all__ = ["evaluate_bpd"]
@@ -25,24 +26,22 @@ def evaluate_bpd(
     reported as `bpd_iw` with its standard error over images. It is never above the bound in
     expectation and approaches the exact discrete bits/dim as K grows.
     """
-    was_training = model.training
-    model.eval()
     first, weighted = [], []
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed.active() else (0, 1)
     shard = torch.arange(rank, len(ds), world)  # each rank evaluates every world-th image
     nats_per_bpd = model.num_dims * math.log(2)  # bits/dim of an image -> its NLL in nats
-    for start in range(0, len(shard), batch_size):
-        idx = shard[start : start + batch_size]
-        x = fetch(ds, idx).to(device)
-        # Noise seeded by the batch's first image index: repeatable for a given batch size and process count.
-        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))
-        draws = torch.stack([model(x, generator=g).double().cpu() for _ in range(samples)])  # (K, B) bits/dim
-        first.append(draws[0])
-        log_w = -draws * nats_per_bpd  # (K, B) log-weights in nats
-        weighted.append(-(torch.logsumexp(log_w, 0) - math.log(samples)) / nats_per_bpd)
-        if progress is not None:
-            progress(len(idx))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(shard), batch_size):
+            idx = shard[start : start + batch_size]
+            x = fetch(ds, idx).to(device)
+            # Noise seeded by the batch's first image index: repeatable for a given batch size and process count.
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))
+            draws = torch.stack([model(x, generator=g).double().cpu() for _ in range(samples)])  # (K, B) bits/dim
+            first.append(draws[0])
+            log_w = -draws * nats_per_bpd  # (K, B) log-weights in nats
+            weighted.append(-(torch.logsumexp(log_w, 0) - math.log(samples)) / nats_per_bpd)
+            if progress is not None:
+                progress(len(idx))
     result = {**_mean_stderr(first, "bpd"), "samples": samples}
     if samples > 1:
         result.update(_mean_stderr(weighted, "bpd_iw"))

@@ -1,0 +1,50 @@
+"""What every inference command sets up first: the device, the checkpoint's model, config and weights, its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from finc_cli import checkpoint as checkpoints
+from finc_cli.config import Config
+from finc_cli.data.load import get_dataset
+from finc_cli.model import FlowModel
+from finc_cli.runtime.device import resolve_device
+
+__all__ = ["Inference", "load_inference"]
+
+
+@dataclass
+class Inference:
+    """A loaded checkpoint on its device, and where its dataset's splits are read from."""
+
+    device: torch.device
+    model: FlowModel
+    cfg: Config
+    weights: str  # the weights loaded: "ema" or "raw"
+    data_dir: Optional[str] = None  # else the checkpoint config's
+    cache_dir: Optional[str] = None  # else the checkpoint config's
+    notify: Optional[Callable[[str], None]] = None  # one-line notes about the data (e.g. an unusable cache)
+
+    def dataset(self, split: str):
+        """A split of the checkpoint's dataset: the prepared cache if current, else the sources."""
+        data_dir, cache_dir = self.data_dir or self.cfg.data.data_dir, self.cache_dir or self.cfg.data.cache_dir
+        return get_dataset(self.cfg.data.name, split, data_dir, cache_dir=cache_dir, notify=self.notify)
+
+
+def load_inference(
+    checkpoint: str,
+    *,
+    device: str = "auto",
+    weights: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    notify: Optional[Callable[[str], None]] = None,
+) -> Inference:
+    """Resolve `device` ("auto": CUDA when available) and load the checkpoint's `weights` (None: its default)."""
+    dev = resolve_device(device)
+    # Through the module, not a name bound at import: a stand-in for load_model reaches every command.
+    model, cfg, used = checkpoints.load_model(checkpoint, device=str(dev), weights=weights)
+    return Inference(dev, model, cfg, used, data_dir, cache_dir, notify)
