@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 __all__ = [
+    "DecodePrecision",
+    "decode_notes",
     "Split",
     "Weights",
     "debug_enabled",
@@ -151,3 +153,25 @@ class Weights(str, Enum):
 
     ema = "ema"
     raw = "raw"
+
+
+class DecodePrecision(str, Enum):
+    """Precision of the inverse (docs/inverse.md §11): auto is float64 where the model's own round trip is not trusted."""
+
+    auto = "auto"
+    float32 = "float32"
+    float64 = "float64"
+
+
+def decode_notes(result: dict, asked: str) -> None:
+    """On stderr: the composed check's warning line, and one line when auto chose float64."""
+    composed = result.get("composed") or {}
+    if composed.get("warning"):
+        err_console.print(composed["warning"], highlight=False, soft_wrap=True)
+    if asked == "auto" and result.get("decode_precision") == "float64" and composed:
+        err_console.print(
+            f"note: decoded in float64 (--decode-precision auto): the {composed['precision']} round trip is not "
+            f"trusted",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import Split, Weights, console, emit_json, err_console, handle_errors
+from finc_cli.cli.common import (
+    DecodePrecision,
+    Split,
+    Weights,
+    console,
+    decode_notes,
+    emit_json,
+    err_console,
+    handle_errors,
+)
 
 __all__ = ["interpolate_cli", "Mode", "register"]
 
@@ -49,6 +58,10 @@ def interpolate_cli(
     backend: Annotated[Optional[str], typer.Option("--backend", help="FInC inverse backend.")] = None,
     weights: Annotated[Optional[Weights], typer.Option("--weights", help="ema or raw (default: ema if saved).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    decode_precision: Annotated[
+        DecodePrecision,
+        typer.Option("--decode-precision", help="auto (float64 where float32 is not exact), float32 or float64."),
+    ] = DecodePrecision.auto,
 ) -> None:
     """Interpolate every latent between A and B and decode exactly: the strip's ends are A and B, bit for bit."""
     from finc_cli.commands.interpolate import interpolate
@@ -68,7 +81,9 @@ def interpolate_cli(
         backend,
         weights.value if weights else None,
         notify=_note,
+        decode_precision=decode_precision.value,
     )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
         return

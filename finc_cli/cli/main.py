@@ -9,9 +9,11 @@ import typer
 
 from finc_cli import __version__
 from finc_cli.cli.common import (
+    DecodePrecision,
     Split,
     Weights,
     console,
+    decode_notes,
     emit_json,
     err_console,
     handle_errors,
@@ -75,6 +77,10 @@ BackendOpt = Annotated[
 ScaleOpt = Annotated[
     Optional[int],
     typer.Option("--scale", min=1, help="Integer upscale, nearest neighbour (default: a grid at least 512 px wide)."),
+]
+DecodePrecisionOpt = Annotated[
+    DecodePrecision,
+    typer.Option("--decode-precision", help="auto (float64 where float32 is not exact), float32 or float64."),
 ]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset root (else $FINC_DATA_DIR).")]
 CacheDirOpt = Annotated[
@@ -294,6 +300,7 @@ def sample_cli(
     backend: BackendOpt = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
+    decode_precision: DecodePrecisionOpt = DecodePrecision.auto,
 ) -> None:
     """Sample images and write a PNG grid (one labelled row per temperature); reports the sampling time."""
     from finc_cli.commands.sample import sample
@@ -310,7 +317,9 @@ def sample_cli(
         backend,
         weights.value if weights else None,
         scale,
+        decode_precision=decode_precision.value,
     )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
     else:
@@ -356,6 +365,7 @@ def invert_cli(
     ] = None,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
+    decode_precision: DecodePrecisionOpt = DecodePrecision.auto,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
     from finc_cli.cli.progress import progress_bars
@@ -379,7 +389,9 @@ def invert_cli(
             weights.value if weights else None,
             progress=bars,
             scale=scale,
+            decode_precision=decode_precision.value,
         )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
         return

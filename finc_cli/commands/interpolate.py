@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, decoding_model
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import check_output_file
+from finc_cli.health import composed_check
 
 __all__ = ["MODES", "interpolate", "interpolate_latents", "mix"]
 
@@ -128,11 +130,14 @@ def interpolate(
     backend: Optional[str] = None,
     weights: Optional[str] = None,
     notify=None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Write a strip of `steps` frames from A to B (one row per pair) and return what was done.
 
     The pairs are the image files `images` = [A, B], or with `split` the first 2·pairs images of
     that split, paired in order. `ends_exact` says whether the end frames equal A and B exactly.
+    `decode_precision` auto runs the round trip in float64 when the model's own precision cannot
+    be trusted on the end images (docs/inverse.md §11).
     """
     import torch
 
@@ -142,6 +147,7 @@ def interpolate(
     from finc_cli.runtime.device import resolve_device
 
     _check(steps, mode, images, pairs, scale)
+    check_decode_precision(decode_precision)
     if not images and split is None:
         raise InputError("give two images A and B, or --split SPLIT (with --pairs N) to take pairs from a dataset")
     if images and split is not None:
@@ -156,7 +162,10 @@ def interpolate(
         xa, xb = _split_pairs(cfg, split, pairs, data_dir, cache_dir, notify)
         source = f"{cfg.data.name}/{split} (first {2 * xa.shape[0]} images, paired in order)"
     with use_backend(backend):
-        frames = interpolate_latents(model, xa.to(dev), xb.to(dev), steps, mode)  # (P, S, C, H, W)
+        ends = torch.cat([xa, xb])[:PROBE_IMAGES]
+        check = composed_check(model, ends) if decode_precision == "auto" else None
+        runner, precision = decoding_model(model, decode_precision, check)
+        frames = interpolate_latents(runner, xa.to(dev), xb.to(dev), steps, mode)  # (P, S, C, H, W)
     exact = bool(torch.equal(frames[:, 0], xa.cpu()) and torch.equal(frames[:, -1], xb.cpu()))
     used = save_grid(frames.flatten(0, 1), out, model.bins, nrow=steps, scale=scale)
     return {
@@ -169,4 +178,6 @@ def interpolate(
         "source": source,
         "dataset": cfg.data.name,
         "device": str(dev),
+        "decode_precision": precision,
+        "composed": check,
     }

@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, composed_section, decoding_model
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import check_output_file
+from finc_cli.health import composed_check
 
 __all__ = ["invert", "load_latents", "round_trip", "save_latents"]
 
@@ -78,6 +80,7 @@ def invert(
     weights: Optional[str] = None,
     progress=None,
     scale: Optional[int] = None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Encode then decode; report pixel-space reconstruction error, per-FInC-unit error and timings.
 
@@ -91,17 +94,24 @@ def invert(
     from finc_cli.runtime.device import resolve_device
 
     _check_outputs(save_latents_to, decoded_out, threshold)
+    check_decode_precision(decode_precision)
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
     threshold = cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:
-            return _decode_file(model, latents_from, dev, decoded_out, scale)
+            return _decode_file(model, latents_from, dev, decoded_out, scale, decode_precision)
         x, source = _inputs(model, cfg, images, split, limit, data_dir, cache_dir, notify)
+        composed = composed_section(model, x[:PROBE_IMAGES])
+        runner, used = decoding_model(model, decode_precision, composed)
         callback = progress(x.shape[0]) if progress else None
-        result, latents, decoded = round_trip(model, x.to(dev), cfg.train.eval_batch_size, callback)
+        result, latents, decoded = round_trip(runner, x.to(dev), cfg.train.eval_batch_size, callback)
+        if runner is not model:  # the unit rows describe the model in its own precision
+            result["layers"] = model.reconstruction_report(x[: cfg.train.eval_batch_size].to(dev))
+    gains = composed.pop("unit_gains")
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
+        row["gain"] = gains.get(row["layer"])
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
     if decoded_out:
@@ -118,18 +128,33 @@ def invert(
         "flagged_layers": [r["layer"] for r in result["layers"] if r["flagged"]],
         "latents_saved_to": save_latents_to,
         "decoded_out": decoded_out,
+        "composed": composed,
+        "decode_precision": used,
     }
 
 
-def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None) -> dict:
-    """Decode the latents saved in `path`; write them as a grid when asked."""
-    import torch
+def _decode_file(
+    model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None, precision: str = "auto"
+) -> dict:
+    """Decode the latents saved in `path`; write them as a grid when asked.
 
+    auto: decode in the model's precision, then round-trip the first decoded images; float64 when that is not trusted.
+    """
     latents = [z.to(device) for z in load_latents(path, model)]
     t0 = time.perf_counter()
-    with torch.no_grad():
-        decoded = model.decode(latents)
-    result = {"n_images": decoded.shape[0], "decode_seconds": time.perf_counter() - t0, "source": path}
+    runner, used = decoding_model(model, precision)
+    decoded = runner.decode([z.to(next(runner.parameters()).dtype) for z in latents])
+    check = composed_check(model, decoded[:PROBE_IMAGES]) if precision == "auto" else None
+    if check is not None and not check["trusted"]:
+        runner, used = decoding_model(model, precision, check)
+        decoded = runner.decode([z.double() for z in latents])
+    result = {
+        "n_images": decoded.shape[0],
+        "decode_seconds": time.perf_counter() - t0,
+        "source": path,
+        "decode_precision": used,
+        "composed": check,
+    }
     if decoded_out:
         from finc_cli.files.images import save_grid
 

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, decoding_model
 from finc_cli.errors import InputError, OutputError
 from finc_cli.files.atomic import check_output_file
+from finc_cli.health import composed_check
 
 __all__ = ["parse_temperatures", "sample"]
 
@@ -51,6 +53,7 @@ def sample(
     backend: Optional[str] = None,
     weights: Optional[str] = None,
     scale: Optional[int] = None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Draw n samples at temperature T and write a PNG grid (or one PNG per sample).
 
@@ -58,6 +61,8 @@ def sample(
     samples (default 8) per temperature, in the order given; every row uses the same noise, so
     a column shows one sample at each temperature. `scale` upscales the grid (nearest neighbour;
     default: at least `images.GRID_MIN_WIDTH` pixels wide), and individual PNGs when given.
+    `decode_precision` auto round-trips the first samples in the model's precision and, when that
+    is not trusted, draws them again from the same seed in float64 (docs/inverse.md §11).
     """
     import torch
 
@@ -70,6 +75,7 @@ def sample(
     labelled = len(temps) > 1
     n = n if n is not None else (ROW_SAMPLES if labelled else 64)
     _check_inputs(n, nrow, individual, labelled, scale)
+    check_decode_precision(decode_precision)
     out_path = Path(out)
     if individual:
         if out_path.exists() and not out_path.is_dir():
@@ -83,11 +89,13 @@ def sample(
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    rows = []
     with torch.no_grad(), use_backend(backend):
-        for t in temps:  # the same generator state per row: the rows differ only by temperature
-            g = torch.Generator(device=dev).manual_seed(seed)
-            rows.append(model.sample(n, temperature=t, generator=g))
+        runner, used = decoding_model(model, "float32" if decode_precision == "auto" else decode_precision)
+        rows = _draw(runner, n, temps, seed, dev)
+        check = composed_check(model, rows[0][:PROBE_IMAGES]) if decode_precision == "auto" else None
+        if check is not None and not check["trusted"]:
+            runner, used = decoding_model(model, decode_precision, check)
+            rows = _draw(runner, n, temps, seed, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -110,8 +118,17 @@ def sample(
         "seconds_per_image": seconds / total,
         "dataset": cfg.data.name,
         "device": str(dev),
+        "decode_precision": used,
+        "composed": check,
         **layout,
     }
+
+
+def _draw(model, n: int, temps: list, seed: int, dev) -> list:
+    """One batch of n samples per temperature, each from the same generator state: rows differ only by temperature."""
+    import torch
+
+    return [model.sample(n, temperature=t, generator=torch.Generator(device=dev).manual_seed(seed)) for t in temps]
 
 
 def _check_inputs(n: int, nrow: Optional[int], individual: bool, labelled: bool, scale: Optional[int]) -> None:
