@@ -1,4 +1,4 @@
-"""--decode-precision: run the inverse in float64 where the model's own round trip is not exact (docs/inverse.md §11)."""
+"""--decode-precision: float64 inverse where the model's own round trip is not trusted (docs/inverse.md §11)."""
 
 from __future__ import annotations
 

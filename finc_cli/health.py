@@ -1,4 +1,4 @@
-"""Health of the composed inverse: round trip, decode amplification and FInC unit inverse gains (docs/inverse.md §11)."""
+"""Health of the composed inverse: round trip, decode amplification, FInC unit inverse gains (docs/inverse.md §11)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ class Weights(str, Enum):
 
 
 class DecodePrecision(str, Enum):
-    """Precision of the inverse (docs/inverse.md §11): auto is float64 where the model's own round trip is not trusted."""
+    """Precision of the inverse (docs/inverse.md §11): auto is float64 where the own round trip is not trusted."""
 
     auto = "auto"
     float32 = "float32"
