@@ -17,6 +17,7 @@ __all__ = [
     "composed_check",
     "composed_warning",
     "GAIN_ITERATIONS",
+    "health_record",
     "inverse_gain",
     "PERTURBATION",
     "SAFETY_FACTOR",
@@ -98,6 +99,21 @@ def composed_warning(check: dict) -> Optional[str]:
         f"gains compound through the depth; decode with --decode-precision float64 (or auto), and train with "
         f"model.finc_gain_cap to keep the units well conditioned"
     )
+
+
+def health_record(model: FlowModel, probe: torch.Tensor, images: int = 4) -> tuple[dict, Optional[str]]:
+    """(the validation record's composed-check keys, the warning line or None) for the first `images` of probe."""
+    check = composed_check(model, probe[:images])
+    gains = unit_gains(model)
+    record = {
+        "roundtrip_exact": check["exact"],
+        "roundtrip_wrong_share": check["wrong_share"],
+        "roundtrip_worst_levels": check["worst_levels"],
+        "decode_amplification": check["amplification"],
+    }
+    if gains:
+        record["finc_gain_max"] = max(gains.values())
+    return record, composed_warning(check)
 
 
 def _group_reverse(t: torch.Tensor) -> torch.Tensor:

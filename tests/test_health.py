@@ -107,3 +107,22 @@ def test_invert_cli_warns_on_stderr_and_refuses_an_unknown_precision(bad_checkpo
     assert "not trustworthy" in result.stderr and "float64" in result.stderr
     bad = invoke("invert", bad_checkpoint, "--decode-precision", "float16")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_validation_logs_the_composed_check_and_tensorboard_and_report_show_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from finc_cli.commands.report import read_metrics, summarize
+
+    out = tmp_path / "run"
+    tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--tensorboard"]
+    ok(invoke("train", "--out", out, "--steps", 1, *tiny))
+    (val,) = [r for r in read_metrics(out / "metrics.jsonl") if "val_bpd" in r]
+    assert val["roundtrip_exact"] is True and val["roundtrip_wrong_share"] == 0 and val["roundtrip_worst_levels"] == 0
+    assert 0 < val["decode_amplification"] < amplification_threshold(17) and val["finc_gain_max"] >= 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    (amp,) = acc.Scalars("health/decode_amplification")
+    assert amp.value == pytest.approx(val["decode_amplification"], rel=1e-6)
+    summary = summarize([*read_metrics(out / "metrics.jsonl"), {"step": 2, "val_bpd": 3.0, "roundtrip_exact": False}])
+    assert summary["decode_amplification"] == val["decode_amplification"] and summary["roundtrip_failures"] == 1

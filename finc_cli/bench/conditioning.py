@@ -34,7 +34,7 @@ def tap_rms(model: FlowModel) -> float:
 
 
 def perturbed_model(preset: str, size: int, target_rms: Optional[float], seed: int = 0, init_images: int = 4):
-    """(model, probe generator): preset's architecture at size×size, taps raised to rms `target_rms` (None: as drawn)."""
+    """(model, probe generator): preset's architecture at size×size, taps raised to `target_rms` (None: as drawn)."""
     cfg = load_preset(preset)
     info = dataset_info(cfg.data.name)
     torch.manual_seed(seed)

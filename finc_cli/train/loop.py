@@ -21,6 +21,7 @@ from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
+from finc_cli.health import health_record
 from finc_cli.runtime import distributed
 from finc_cli.train.ema import EMA, check_ema_weights
 from finc_cli.train.run_dir import (
@@ -376,6 +377,7 @@ class Trainer:
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             result = evaluate_bpd(self.model, self.val_ds, t.eval_batch_size, self.device)
             health = self.model.reconstruction_report(self.probe) if self.model.invertible_convs() else []
+            composed, composed_warning = health_record(self.model, self.probe)  # the whole model (docs/inverse.md §11)
             if self.tb is not None and log:
                 self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
@@ -384,7 +386,10 @@ class Trainer:
             "val_bpd": result["bpd"],
             "val_bpd_stderr": result["bpd_stderr"],
             "recon_max_err": worst,
+            **composed,
         }
+        if composed_warning:
+            self.reporter.log(f"{composed_warning} (step {state.step})")
         if not worst <= t.health_threshold:  # NaN included
             record["health_warning"] = True
             self.reporter.log(

@@ -22,6 +22,9 @@ _SCALARS = {
     "val_bpd": "val/bpd",
     "val_bpd_stderr": "val/bpd_stderr",
     "recon_max_err": "health/recon_max_err",
+    "decode_amplification": "health/decode_amplification",
+    "roundtrip_wrong_share": "health/roundtrip_wrong_share",
+    "finc_gain_max": "health/finc_gain_max",
 }
 
 
