@@ -126,3 +126,13 @@ def test_validation_logs_the_composed_check_and_tensorboard_and_report_show_it(t
     assert amp.value == pytest.approx(val["decode_amplification"], rel=1e-6)
     summary = summarize([*read_metrics(out / "metrics.jsonl"), {"step": 2, "val_bpd": 3.0, "roundtrip_exact": False}])
     assert summary["decode_amplification"] == val["decode_amplification"] and summary["roundtrip_failures"] == 1
+
+
+def test_benchmark_conditioning_rows_grow_with_the_tap_rms():
+    result = ok(
+        invoke("benchmark", "conditioning", "-p", "digits", "-n", 8, "--tap-rms", 0.05, "--tap-rms", 0.5, "--json")
+    )
+    small, large = json.loads(result.stdout)["rows"]
+    assert small["tap_rms"] == pytest.approx(0.05, rel=0.15) and large["tap_rms"] == pytest.approx(0.5, rel=0.15)
+    assert large["unit_gain_max"] > small["unit_gain_max"] >= 1
+    assert large["amplification_f32"] > small["amplification_f32"] and small["exact_f64"] and large["exact_f64"]
