@@ -136,3 +136,35 @@ def test_benchmark_conditioning_rows_grow_with_the_tap_rms():
     assert small["tap_rms"] == pytest.approx(0.05, rel=0.15) and large["tap_rms"] == pytest.approx(0.5, rel=0.15)
     assert large["unit_gain_max"] > small["unit_gain_max"] >= 1
     assert large["amplification_f32"] > small["amplification_f32"] and small["exact_f64"] and large["exact_f64"]
+
+
+def test_the_gain_cap_holds_through_training_steps_and_old_checkpoints_load(tmp_path):
+    from finc_cli.checkpoint import load_checkpoint
+
+    cfg = load_preset("digits", {"model.steps": 2, "model.hidden": 8, "model.finc_gain_cap": 1.5})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = fetch(get_dataset("digits", "train", None), torch.arange(32))
+    model.initialize(x)
+    with torch.no_grad():
+        for _, unit in model.finc_units():
+            unit.weight.add_(0.5 * torch.randn_like(unit.weight))  # far past the cap without it
+    uncapped = []
+    for _, unit in model.finc_units():
+        unit.gain_cap = None
+        uncapped.append(inverse_gain(unit, 4, 4))
+        unit.gain_cap = 1.5
+    assert max(uncapped) > 1.5
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = model(x).mean()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+        assert max(unit_gains(model).values()) <= 1.5 + 1e-9
+    old = cfg.to_dict()
+    del old["model"]["finc_gain_cap"]  # a checkpoint written before the option existed
+    save_checkpoint(tmp_path / "old.pt", {"config": old, "model": model.state_dict()})
+    loaded, loaded_cfg = load_checkpoint(tmp_path / "old.pt", device="cpu")
+    assert loaded_cfg.model.finc_gain_cap is None and all(u.gain_cap is None for _, u in loaded.finc_units())
