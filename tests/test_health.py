@@ -168,3 +168,17 @@ def test_the_gain_cap_holds_through_training_steps_and_old_checkpoints_load(tmp_
     save_checkpoint(tmp_path / "old.pt", {"config": old, "model": model.state_dict()})
     loaded, loaded_cfg = load_checkpoint(tmp_path / "old.pt", device="cpu")
     assert loaded_cfg.model.finc_gain_cap is None and all(u.gain_cap is None for _, u in loaded.finc_units())
+
+
+def test_sample_and_interpolate_decode_the_flagged_model_in_float64_under_auto(bad_checkpoint, tmp_path):
+    from finc_cli.commands.interpolate import interpolate
+    from finc_cli.commands.sample import sample
+
+    drawn = sample(str(bad_checkpoint), n=4, out=str(tmp_path / "s.png"), seed=3, device="cpu")
+    assert drawn["decode_precision"] == "float64" and not drawn["composed"]["trusted"]
+    kept = sample(str(bad_checkpoint), n=4, out=str(tmp_path / "t.png"), seed=3, decode_precision="float32")
+    assert kept["decode_precision"] == "float32" and kept["composed"] is None
+    args = dict(split="test", pairs=2, steps=3, device="cpu")
+    plain = interpolate(str(bad_checkpoint), out=str(tmp_path / "a.png"), decode_precision="float32", **args)
+    auto = interpolate(str(bad_checkpoint), out=str(tmp_path / "b.png"), **args)
+    assert not plain["ends_exact"] and auto["ends_exact"] and auto["decode_precision"] == "float64"

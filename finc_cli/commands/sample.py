@@ -86,19 +86,13 @@ def sample(
     dev = resolve_device(device)
     model, cfg = load_checkpoint(checkpoint, device=str(dev), weights=weights)
     seed = seed if seed is not None else torch.seed() % 2**63
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
     with torch.no_grad(), use_backend(backend):
         runner, used = decoding_model(model, "float32" if decode_precision == "auto" else decode_precision)
-        rows = _draw(runner, n, temps, seed, dev)
+        rows, seconds = _draw(runner, n, temps, seed, dev)
         check = composed_check(model, rows[0][:PROBE_IMAGES]) if decode_precision == "auto" else None
         if check is not None and not check["trusted"]:
             runner, used = decoding_model(model, decode_precision, check)
-            rows = _draw(runner, n, temps, seed, dev)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+            rows, seconds = _draw(runner, n, temps, seed, dev)
     layout: dict = {}
     if individual:
         _save_individual(to_uint8_255(rows[0], model.bins), out_path, lambda x, p: save_png(x, p, scale or 1))
@@ -124,11 +118,17 @@ def sample(
     }
 
 
-def _draw(model, n: int, temps: list, seed: int, dev) -> list:
-    """One batch of n samples per temperature, each from the same generator state: rows differ only by temperature."""
+def _draw(model, n: int, temps: list, seed: int, dev) -> tuple[list, float]:
+    """(one batch of n samples per temperature, seconds): every row from the same generator state, so rows differ
+    only by temperature; the time covers the sampling alone (not the `auto` check)."""
     import torch
 
-    return [model.sample(n, temperature=t, generator=torch.Generator(device=dev).manual_seed(seed)) for t in temps]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    rows = [model.sample(n, temperature=t, generator=torch.Generator(device=dev).manual_seed(seed)) for t in temps]
+    sync()
+    return rows, time.perf_counter() - t0
 
 
 def _check_inputs(n: int, nrow: Optional[int], individual: bool, labelled: bool, scale: Optional[int]) -> None:
