@@ -74,6 +74,7 @@ class ModelConfig:
     max_log_scale: float = 2.0  # bound on the coupling log-scale (tanh-bounded)
     alpha: float = 0.05  # logit preprocessing: map to [alpha, 1 - alpha]
     conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
+    finc_gain_cap: Optional[float] = None  # bound on every FInC unit's ‖A⁻¹‖₂ (docs/inverse.md §12); null: off
 
 
 @dataclass
@@ -236,6 +237,7 @@ def validate(cfg: Config) -> None:
         (m.conv in CONV_CHOICES, f"model.conv must be one of {', '.join(CONV_CHOICES)}, got {m.conv!r}"),
         (0.0 <= m.alpha < 0.5, "model.alpha must be in [0, 0.5)"),
         (m.max_log_scale > 0, "model.max_log_scale must be > 0"),
+        (m.finc_gain_cap is None or m.finc_gain_cap > 1, "model.finc_gain_cap must be > 1 or null"),
         (
             m.dequantization in ("uniform", "variational"),
             "model.dequantization must be 'uniform' or 'variational'",

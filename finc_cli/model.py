@@ -129,6 +129,8 @@ class FlowModel(nn.Module):
         # so a comparison differs in the convolution alone (docs/model.md §10).
         for _, conv in self.invertible_convs():
             conv.reset_parameters()
+        for _, unit in self.finc_units():
+            unit.gain_cap = model_cfg.finc_gain_cap
 
     # -- shapes and bookkeeping ---------------------------------------------------------------
 

@@ -117,7 +117,7 @@ LAYERS = [
     ),
     ("inverse", ["finc_cli.inverse"]),
     ("flows", ["finc_cli.flows"]),
-    ("model", ["finc_cli.model", "finc_cli.losses"]),
+    ("model", ["finc_cli.model", "finc_cli.losses", "finc_cli.health", "finc_cli.decode_precision"]),
     ("data", ["finc_cli.data"]),
     ("checkpoint", ["finc_cli.checkpoint"]),
     ("train", ["finc_cli.train"]),

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from finc_cli.cli.common import console, emit_json, handle_errors, parse_sets, use_threads
-from finc_cli.cli.options import DeviceOpt, ThreadsOpt
+from finc_cli.cli.options import DeviceOpt, JsonOpt, ThreadsOpt
 from finc_cli.cli.progress import progress_bars
 from finc_cli.text import comma_list
 
 __all__ = [
+    "conditioning_cli",
     "DType",
     "data_cli",
     "layer_cli",
@@ -205,6 +206,50 @@ def model_cli(
     _print_env(env)
     measured = _rich_table(f"measured: {preset} (s per call, median)", COLUMNS["model"], rows)
     console.print(Columns([measured, _rich_table("the paper's table (s, 100 images)", COLUMNS["paper"], paper)]))
+
+
+@bench_app.command("conditioning")
+@handle_errors
+def conditioning_cli(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Architecture to perturb.")] = "celeba64",
+    sizes: Annotated[Optional[list[int]], typer.Option("--size", "-n", min=2, help="Image size (repeatable).")] = None,
+    rms: Annotated[
+        Optional[list[float]], typer.Option("--tap-rms", min=0.0, help="FInC tap rms (repeatable); default init.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Probe images.")] = 2,
+    decode_cost: Annotated[
+        Optional[list[str]], typer.Option("--decode-cost", help="Also time float64 decoding for these presets.")
+    ] = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tap rms → FInC unit inverse gain → whole-model decode amplification and round trip (docs/inverse.md §11)."""
+    from finc_cli.bench.conditioning import conditioning_rows, decode_cost_rows
+
+    use_threads(threads)
+    rows = conditioning_rows(preset, sizes or (32, 64), rms or (None,), batch_size)
+    costs = decode_cost_rows(decode_cost) if decode_cost else []
+    if json_out:
+        emit_json({"rows": rows, "decode_cost": costs})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"conditioning of the composed inverse ({preset} architecture, {batch_size} random images)")
+    for header in ("size", "tap rms", "unit gain med/max", "amplification f32", "wrong f32", "worst levels", "f64"):
+        table.add_column(header, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["size"]),
+            f"{r['tap_rms']:.3f}",
+            f"{r['unit_gain_median']:.2f} / {r['unit_gain_max']:.2f}",
+            f"{r['amplification_f32']:.2g}",
+            f"{100 * r['wrong_share_f32']:.1f}%",
+            str(r["worst_levels_f32"]),
+            "exact" if r["exact_f64"] else "NOT exact",
+        )
+    console.print(table)
+    for c in costs:
+        console.print(f"{c['preset']}: float64 decode {c['ratio']:.2f}× float32 (batch {c['batch']})", highlight=False)
 
 
 @bench_app.command("scaling")

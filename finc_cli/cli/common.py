@@ -14,6 +14,7 @@ from rich.console import Console
 from finc_cli.text import finite_or_none, first_line
 
 __all__ = [
+    "decode_notes",
     "debug_enabled",
     "DEBUG_ENV",
     "emit_json",
@@ -135,3 +136,17 @@ def use_threads(flag: Optional[int]) -> int:
     choice = resolve_threads(flag)
     apply_threads(choice.n)
     return choice.n
+
+
+def decode_notes(result: dict, asked: str) -> None:
+    """On stderr: the composed check's warning line, and one line when auto chose float64."""
+    composed = result.get("composed") or {}
+    if composed.get("warning"):
+        err_console.print(composed["warning"], highlight=False, soft_wrap=True)
+    if asked == "auto" and result.get("decode_precision") == "float64" and composed:
+        err_console.print(
+            f"note: decoded in float64 (--decode-precision auto): the {composed['precision']} round trip is not "
+            f"trusted",
+            highlight=False,
+            soft_wrap=True,
+        )

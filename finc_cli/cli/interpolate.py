@@ -7,12 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, handle_errors, note, use_threads
+from finc_cli.cli.common import console, decode_notes, emit_json, handle_errors, note, use_threads
 from finc_cli.cli.options import (
     BackendOpt,
     CacheDirOpt,
     CheckpointArg,
     DataDirOpt,
+    DecodePrecision,
+    DecodePrecisionOpt,
     DeviceOpt,
     JsonOpt,
     ScaleOpt,
@@ -55,6 +57,7 @@ def interpolate_cli(
     backend: BackendOpt = None,
     weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
+    decode_precision: DecodePrecisionOpt = DecodePrecision.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Interpolate every latent between A and B and decode exactly: the strip's ends are A and B, bit for bit."""
@@ -76,8 +79,10 @@ def interpolate_cli(
         device=device,
         backend=backend,
         weights=weights.value,
+        decode_precision=decode_precision.value,
         notify=note,
     )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
         return

@@ -6,12 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, err_console, handle_errors, note, use_threads
+from finc_cli.cli.common import console, decode_notes, emit_json, err_console, handle_errors, note, use_threads
 from finc_cli.cli.options import (
     BackendOpt,
     CacheDirOpt,
     CheckpointArg,
     DataDirOpt,
+    DecodePrecision,
+    DecodePrecisionOpt,
     DeviceOpt,
     JsonOpt,
     ScaleOpt,
@@ -56,6 +58,7 @@ def invert_cli(
     ] = None,
     weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
+    decode_precision: DecodePrecisionOpt = DecodePrecision.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode and decode exactly; report reconstruction error per k×k convolution (FInC, Emerging, CInC) and timings."""
@@ -79,9 +82,11 @@ def invert_cli(
             cache_dir=cache_dir,
             notify=note,
             weights=weights.value,
+            decode_precision=decode_precision.value,
             progress=bars,
             scale=scale,
         )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
     elif latents:

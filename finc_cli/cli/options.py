@@ -12,6 +12,8 @@ __all__ = [
     "CacheDirOpt",
     "CheckpointArg",
     "DataDirOpt",
+    "DecodePrecision",
+    "DecodePrecisionOpt",
     "DeviceOpt",
     "JsonOpt",
     "PresetOpt",
@@ -33,6 +35,20 @@ class Split(str, Enum):
     train = "train"
     val = "val"
     test = "test"
+
+
+class DecodePrecision(str, Enum):
+    """Precision of the inverse (docs/inverse.md §11): auto is float64 where the own round trip is not trusted."""
+
+    auto = "auto"
+    float32 = "float32"
+    float64 = "float64"
+
+
+DecodePrecisionOpt = Annotated[
+    DecodePrecision,
+    typer.Option("--decode-precision", help="auto (float64 where float32 is not exact), float32 or float64."),
+]
 
 
 class Weights(str, Enum):

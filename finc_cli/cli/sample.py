@@ -6,10 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from finc_cli.cli.common import console, emit_json, handle_errors, use_threads
+from finc_cli.cli.common import console, decode_notes, emit_json, handle_errors, use_threads
 from finc_cli.cli.options import (
     BackendOpt,
     CheckpointArg,
+    DecodePrecision,
+    DecodePrecisionOpt,
     DeviceOpt,
     JsonOpt,
     ScaleOpt,
@@ -52,6 +54,7 @@ def sample_cli(
     backend: BackendOpt = None,
     weights: WeightsOpt = Weights.auto,
     threads: ThreadsOpt = None,
+    decode_precision: DecodePrecisionOpt = DecodePrecision.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Sample images and write a PNG grid (one labelled row per temperature); reports the sampling time."""
@@ -69,8 +72,10 @@ def sample_cli(
         device=device,
         backend=backend,
         weights=weights.value,
+        decode_precision=decode_precision.value,
         scale=scale,
     )
+    decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
         return

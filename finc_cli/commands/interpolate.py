@@ -10,9 +10,11 @@ from PIL import Image, UnidentifiedImageError
 
 from finc_cli.commands.inference import Inference, load_inference
 from finc_cli.data.batches import fetch
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, decoding_model
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import check_output_file
 from finc_cli.files.images import load_images, save_grid
+from finc_cli.health import composed_check
 from finc_cli.inverse import use_backend
 
 __all__ = ["MODES", "interpolate", "interpolate_latents", "mix"]
@@ -125,14 +127,18 @@ def interpolate(
     backend: Optional[str] = None,
     weights: Optional[str] = None,
     notify=None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Write a strip of `steps` frames from A to B (one row per pair) and return what was done.
 
     The pairs are the image files `images` = [A, B], or with `split` the first 2·pairs images of
     that split, paired in order. `ends_exact` says whether the end frames equal A and B exactly.
+    `decode_precision` auto runs the round trip in float64 when the model's own precision cannot
+    be trusted on the end images (docs/inverse.md §11).
     """
 
     _check(steps, mode, images, pairs, scale)
+    check_decode_precision(decode_precision)
     if not images and split is None:
         raise InputError("give two images A and B, or --split SPLIT (with --pairs N) to take pairs from a dataset")
     if images and split is not None:
@@ -149,7 +155,10 @@ def interpolate(
         xa, xb = _split_pairs(run, split, pairs)
         source = f"{run.cfg.data.name}/{split} (first {2 * xa.shape[0]} images, paired in order)"
     with use_backend(backend):
-        frames = interpolate_latents(model, xa.to(dev), xb.to(dev), steps, mode)  # (P, S, C, H, W)
+        ends = torch.cat([xa, xb])[:PROBE_IMAGES]
+        check = composed_check(model, ends) if decode_precision == "auto" else None
+        runner, precision = decoding_model(model, decode_precision, check)
+        frames = interpolate_latents(runner, xa.to(dev), xb.to(dev), steps, mode)  # (P, S, C, H, W)
     exact = bool(torch.equal(frames[:, 0], xa.cpu()) and torch.equal(frames[:, -1], xb.cpu()))
     used = save_grid(frames.flatten(0, 1), out, model.bins, nrow=steps, scale=scale)
     return {
@@ -163,4 +172,6 @@ def interpolate(
         "dataset": run.cfg.data.name,
         "device": str(dev),
         "weights": run.weights,
+        "decode_precision": precision,
+        "composed": check,
     }

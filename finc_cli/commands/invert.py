@@ -12,10 +12,12 @@ import torch
 
 from finc_cli.commands.inference import Inference, load_inference
 from finc_cli.data.batches import fetch
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, composed_section, decoding_model
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import atomic_path, check_output_file
 from finc_cli.files.images import load_images, save_grid, save_pairs_grid
 from finc_cli.flows.logit import quantize
+from finc_cli.health import composed_check
 from finc_cli.inverse import use_backend
 
 __all__ = ["invert", "load_latents", "round_trip", "save_latents"]
@@ -81,6 +83,7 @@ def invert(
     weights: Optional[str] = None,
     progress=None,
     scale: Optional[int] = None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Encode then decode; report pixel-space reconstruction error, per-FInC-unit error and timings.
 
@@ -91,19 +94,27 @@ def invert(
     """
 
     _check_outputs(save_latents_to, decoded_out, threshold)
+    check_decode_precision(decode_precision)
     run = load_inference(
         checkpoint, device=device, weights=weights, data_dir=data_dir, cache_dir=cache_dir, notify=notify
     )
-    model, used = run.model, run.weights
+    model, used, batch = run.model, run.weights, run.cfg.train.eval_batch_size
     threshold = run.cfg.train.health_threshold if threshold is None else threshold
     with use_backend(backend):
         if latents_from:
-            return {**_decode_file(model, latents_from, run.device, decoded_out, scale), "weights": used}
+            decoded_file = _decode_file(model, latents_from, run.device, decoded_out, scale, decode_precision)
+            return {**decoded_file, "weights": used}
         x, source = _inputs(run, images, split, limit)
+        composed = composed_section(model, x[:PROBE_IMAGES])
+        runner, precision = decoding_model(model, decode_precision, composed)
         callback = progress(x.shape[0]) if progress else None
-        result, latents, decoded = round_trip(model, x.to(run.device), run.cfg.train.eval_batch_size, callback)
+        result, latents, decoded = round_trip(runner, x.to(run.device), batch, callback)
+        if runner is not model:  # the unit rows describe the model in its own precision
+            result["layers"] = model.reconstruction_report(x[:batch].to(run.device))
+    gains = composed.pop("unit_gains")
     for row in result["layers"]:
         row["flagged"] = row["max_abs_err"] > threshold
+        row["gain"] = gains.get(row["layer"])
     if save_latents_to:
         save_latents(save_latents_to, latents, {"checkpoint": str(checkpoint), "source": source})
     if decoded_out:
@@ -119,17 +130,34 @@ def invert(
         "latents_saved_to": save_latents_to,
         "decoded_out": decoded_out,
         "weights": used,
+        "composed": composed,
+        "decode_precision": precision,
     }
 
 
-def _decode_file(model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None) -> dict:
-    """Decode the latents saved in `path`; write them as a grid when asked."""
+def _decode_file(
+    model, path: str, device, decoded_out: Optional[str], scale: Optional[int] = None, precision: str = "auto"
+) -> dict:
+    """Decode the latents saved in `path`; write them as a grid when asked.
 
+    auto: decode in the model's precision, then round-trip the first decoded images; float64 when that is not trusted.
+    """
     latents = [z.to(device) for z in load_latents(path, model)]
     t0 = time.perf_counter()
+    runner, used = decoding_model(model, precision)
     with torch.no_grad():
-        decoded = model.decode(latents)
-    result = {"n_images": decoded.shape[0], "decode_seconds": time.perf_counter() - t0, "source": path}
+        decoded = runner.decode([z.to(next(runner.parameters()).dtype) for z in latents])
+        check = composed_check(model, decoded[:PROBE_IMAGES]) if precision == "auto" else None
+        if check is not None and not check["trusted"]:
+            runner, used = decoding_model(model, precision, check)
+            decoded = runner.decode([z.double() for z in latents])
+    result = {
+        "n_images": decoded.shape[0],
+        "decode_seconds": time.perf_counter() - t0,
+        "source": path,
+        "decode_precision": used,
+        "composed": check,
+    }
     if decoded_out:
         save_grid(decoded, decoded_out, model.bins, scale=scale)
         result["decoded_out"] = decoded_out

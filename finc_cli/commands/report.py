@@ -123,6 +123,10 @@ def summarize(records: list[dict], config: Optional[dict] = None) -> dict[str, A
         "recon_worst_err": max((r["recon_max_err"] for r in health), default=None),
         "health_threshold": train_cfg.get("health_threshold"),
         "health_warnings": sum(1 for r in evals if r.get("health_warning")),
+        "decode_amplification": next(
+            (r["decode_amplification"] for r in reversed(evals) if "decode_amplification" in r), None
+        ),
+        "roundtrip_failures": sum(1 for r in evals if r.get("roundtrip_exact") is False),
         "rollbacks": sum(1 for r in records if r.get("event") == "rollback"),
         "skipped_steps": sum(1 for r in records if r.get("event") == "nonfinite"),
     }
@@ -247,6 +251,7 @@ def _plot_health(ax, records: list[dict], summary: dict) -> None:
     if evals:
         errs = [max(r["recon_max_err"], 1e-12) for r in evals]  # exact zero drawn at the floor of the log axis
         ax.semilogy([r["step"] for r in evals], errs, color="tab:brown", marker="o", ms=4, lw=1)
+    _plot_amplification(ax, records)
     threshold = summary["health_threshold"]
     if isinstance(threshold, (int, float)) and threshold > 0:
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g}")
@@ -255,9 +260,9 @@ def _plot_health(ax, records: list[dict], summary: dict) -> None:
         ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
         return
     worst = summary["recon_worst_err"]
-    ok = summary["health_warnings"] == 0
+    ok = summary["health_warnings"] == 0 and not summary.get("roundtrip_failures")
     text = f"worst FInC unit, latest {summary['recon_max_err']:.1e}\nworst over the run {worst:.1e}\n" + (
-        "healthy" if ok else f"{summary['health_warnings']} warning(s)"
+        "healthy" if ok else f"{summary['health_warnings']} warning(s), {summary['roundtrip_failures']} inexact"
     )
     low = min(errs)
     high = max(max(errs), threshold if isinstance(threshold, (int, float)) and threshold > 0 else low)
@@ -272,6 +277,15 @@ def _plot_health(ax, records: list[dict], summary: dict) -> None:
         color="tab:green" if ok else "tab:red",
         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
     )
+
+
+def _plot_amplification(ax, records: list[dict]) -> None:
+    """The whole model's decode amplification on a second axis (docs/inverse.md §11), when the run logged it."""
+    amps = [r for r in records if isinstance(r.get("decode_amplification"), (int, float))]
+    if amps:
+        twin = ax.twinx()
+        twin.semilogy([r["step"] for r in amps], [max(r["decode_amplification"], 1e-12) for r in amps], "tab:purple")
+        twin.set_ylabel("decode amplification", color="tab:purple")
 
 
 def _save_png(fig, path: Path) -> None:

@@ -10,9 +10,11 @@ from typing import Optional, Sequence, Union
 import torch
 
 from finc_cli.commands.inference import load_inference
+from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, decoding_model
 from finc_cli.errors import InputError, OutputError
 from finc_cli.files import images  # through the module: a stand-in for one of its writers reaches this command
 from finc_cli.files.atomic import check_output_file
+from finc_cli.health import composed_check
 from finc_cli.inverse import use_backend
 from finc_cli.text import comma_list
 
@@ -58,6 +60,7 @@ def sample(
     backend: Optional[str] = None,
     weights: Optional[str] = None,
     scale: Optional[int] = None,
+    decode_precision: str = "auto",
 ) -> dict:
     """Draw n samples at temperature T and write a PNG grid (or one PNG per sample).
 
@@ -65,12 +68,15 @@ def sample(
     samples (default 8) per temperature, in the order given; every row uses the same noise, so
     a column shows one sample at each temperature. `scale` upscales the grid (nearest neighbour;
     default: at least `images.GRID_MIN_WIDTH` pixels wide), and individual PNGs when given.
+    `decode_precision` auto round-trips the first samples in the model's precision and, when that
+    is not trusted, draws them again from the same seed in float64 (docs/inverse.md §11).
     """
 
     temps = parse_temperatures(temperature)
     labelled = len(temps) > 1
     n = n if n is not None else (ROW_SAMPLES if labelled else 64)
     _check_inputs(n, nrow, individual, labelled, scale)
+    check_decode_precision(decode_precision)
     out_path = Path(out)
     if individual:
         if out_path.exists() and not out_path.is_dir():
@@ -81,17 +87,13 @@ def sample(
     run = load_inference(checkpoint, device=device, weights=weights)
     model, dev = run.model, run.device
     seed = seed if seed is not None else torch.seed() % 2**63
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    rows = []
     with torch.no_grad(), use_backend(backend):
-        for t in temps:  # the same generator state per row: the rows differ only by temperature
-            g = torch.Generator(device=dev).manual_seed(seed)
-            rows.append(model.sample(n, temperature=t, generator=g))
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+        runner, used = decoding_model(model, "float32" if decode_precision == "auto" else decode_precision)
+        rows, seconds = _draw(runner, n, temps, seed, dev)
+        check = composed_check(model, rows[0][:PROBE_IMAGES]) if decode_precision == "auto" else None
+        if check is not None and not check["trusted"]:
+            runner, used = decoding_model(model, decode_precision, check)
+            rows, seconds = _draw(runner, n, temps, seed, dev)
     layout: dict = {}
     if individual:
         pixels = images.to_uint8_255(rows[0], model.bins)
@@ -113,8 +115,21 @@ def sample(
         "dataset": run.cfg.data.name,
         "device": str(dev),
         "weights": run.weights,
+        "decode_precision": used,
+        "composed": check,
         **layout,
     }
+
+
+def _draw(model, n: int, temps: list, seed: int, dev) -> tuple[list, float]:
+    """(one batch of n samples per temperature, seconds): every row from the same generator state, so rows differ
+    only by temperature; the time covers the sampling alone (not the `auto` check)."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    rows = [model.sample(n, temperature=t, generator=torch.Generator(device=dev).manual_seed(seed)) for t in temps]
+    sync()
+    return rows, time.perf_counter() - t0
 
 
 def _check_inputs(n: int, nrow: Optional[int], individual: bool, labelled: bool, scale: Optional[int]) -> None:

@@ -68,6 +68,7 @@ class FInCConv2d(Flow):
         self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("fixed", fixed, persistent=False)
         self._inverse_cache: Optional[tuple] = None
+        self.gain_cap: Optional[float] = None  # model.finc_gain_cap: bound on ‖A⁻¹‖₂ (docs/inverse.md §12)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
@@ -77,8 +78,18 @@ class FInCConv2d(Flow):
         draw_conv_weight(self.weight, self.init_scale)
 
     def effective_weight(self) -> torch.Tensor:
-        """(4, C', C', k, k): the raw weight with the centre tap forced unit lower triangular."""
-        return self.weight * self.mask + self.fixed
+        """(4, C', C', k, k): the raw weight with the centre tap forced unit lower triangular.
+
+        With `gain_cap` c, each group's learnable entries are scaled down, where needed, so that the
+        sum of the spectral norms of its taps (the centre's strictly lower part included) is at most
+        1 − 1/c: a Neumann-series bound that keeps ‖A⁻¹‖₂ ≤ c (docs/inverse.md §12).
+        """
+        free = self.weight * self.mask  # (4, C', C', k, k), zero where the centre is fixed
+        if self.gain_cap is not None:
+            norms = torch.linalg.matrix_norm(free.permute(0, 3, 4, 1, 2), ord=2).sum((1, 2))  # (4,): Σ_t ‖W_t‖₂
+            limit = 1.0 - 1.0 / self.gain_cap
+            free = free * (limit / norms.clamp_min(limit)).view(4, 1, 1, 1, 1)  # 1 where already within the bound
+        return free + self.fixed
 
     def num_free_parameters(self) -> int:
         cg, k = self.channels // 4, self.kernel_size

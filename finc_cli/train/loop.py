@@ -24,6 +24,7 @@ from finc_cli.errors import FincError, InputError, RunDirError, TrainingDiverged
 from finc_cli.files.images import save_grid
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.flows.convolutions import CONV_LABELS
+from finc_cli.health import health_record
 from finc_cli.model import build_model, eval_mode
 from finc_cli.runtime import distributed
 from finc_cli.runtime.threads import apply_threads, resolve_threads, step_work
@@ -397,6 +398,7 @@ class Trainer:
         state.default_weights = choice
         with self._chosen_weights():
             health = self.model.reconstruction_report(self.probe) if self.model.invertible_convs() else []
+            composed, composed_warning = health_record(self.model, self.probe)  # the whole model (docs/inverse.md §11)
             if self.tb is not None and log:
                 self.tb.finc_units(self.model, health, state.step)
         worst = max((r["max_abs_err"] for r in health), default=0.0)
@@ -408,7 +410,10 @@ class Trainer:
             "val_weights": choice,
             **{f"val_bpd_{k}": v["bpd"] for k, v in scores.items()},
             "recon_max_err": worst,
+            **composed,
         }
+        if composed_warning:
+            self.reporter.log(f"{composed_warning} (step {state.step})")
         if not worst <= t.health_threshold:  # NaN included
             record["health_warning"] = True
             self.reporter.log(
