@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from finc_cli.data.datasets import (
-    DATASETS,
-    Augment,
-    DatasetError,
-    dataset_info,
-    get_dataset,
-    resolve_data_dir,
-)
+from finc_cli.data.augment import Augment
+from finc_cli.data.datasets import DATASETS, dataset_info, resolve_data_dir
+from finc_cli.data.load import get_dataset
+from finc_cli.errors import DatasetError
 
 
 def _pattern(n: int, c: int, s: int, offset: int = 0) -> np.ndarray:
