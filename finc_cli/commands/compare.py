@@ -31,7 +31,7 @@ from finc_cli.files.atomic import atomic_write_text
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.runtime.device import resolve_device
 from finc_cli.train import train
-from finc_cli.train.run_dir import read_metrics
+from finc_cli.train.run_dir import RunDir
 
 __all__ = ["COMPARE_COLUMNS", "aggregate_seeds", "compare", "compare_markdown", "parse_seeds", "variant_row"]
 
@@ -83,7 +83,7 @@ def _flat(cfg) -> dict:
 def _check_same_run(run_dir: Path, cfg) -> None:
     """Refuse to reuse a variant directory trained with a different architecture, data or seed."""
 
-    saved = run_dir / "config.yaml"
+    saved = RunDir(run_dir).config
     if not saved.is_file():
         return
     try:
@@ -94,10 +94,10 @@ def _check_same_run(run_dir: Path, cfg) -> None:
 
 def _train_images_per_s(run_dir: Path, batch_size: int) -> Optional[float]:
     """Images per second of the training steps alone (median of the logged batch wait + compute; no eval)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
         return None
-    step_s = [r["data_s"] + r["compute_s"] for r in read_metrics(path) if "compute_s" in r and "data_s" in r]
+    step_s = [r["data_s"] + r["compute_s"] for r in run.read_metrics() if "compute_s" in r and "data_s" in r]
     step_s = [s for s in step_s if s > 0]
     return batch_size / statistics.median(step_s) if step_s else None
 
@@ -110,7 +110,7 @@ def variant_row(
     FT and ST are measured later for all variants at once (`_timing`), so that their ratios share one run.
     """
 
-    ckpt = run_dir / "best.pt"
+    ckpt = RunDir(run_dir).best
     data = read_checkpoint(ckpt)
     cfg_steps = int(data["config"]["train"]["steps"])
     scored = evaluate(str(ckpt), split="test", device=device, notify=notify)
@@ -182,7 +182,7 @@ def compare(
         if row is not None:
             say(f"[{i}/{len(plan)}] {name}: finished before ({steps} steps), skipped")
         else:
-            resume = "auto" if (run_dir / "last.pt").is_file() else None
+            resume = "auto" if RunDir(run_dir).last.is_file() else None
             # A directory without last.pt holds nothing resumable (stopped before its first checkpoint): start over.
             force = resume is None and run_dir.is_dir() and any(run_dir.iterdir())
             say(f"[{i}/{len(plan)}] {name}: {'resuming' if resume else 'training'} in {run_dir}")
