@@ -20,7 +20,7 @@ from finc_cli.errors import InputError
 from finc_cli.flows.convolutions import INVERSE_SCHEDULES
 from finc_cli.model import build_model
 
-__all__ = ["MODEL_NAMES", "PAPER_TABLE", "model_rows", "paper_rows", "parse_convs"]
+__all__ = ["MODEL_NAMES", "PAPER_TABLE", "ft_st_rows", "paper_rows", "parse_convs"]
 
 # model.conv -> the row's model name ("glow" for no k×k conv, as the paper calls it).
 MODEL_NAMES = {"finc": "finc", "emerging": "emerging", "cinc": "cinc", "none": "glow"}
@@ -93,7 +93,7 @@ def parse_convs(convs: Iterable[str]) -> list[str]:
     return out
 
 
-def model_rows(
+def ft_st_rows(
     preset: str = "cifar10",
     overrides: Optional[dict] = None,
     batch_sizes: Iterable[int] = (100,),

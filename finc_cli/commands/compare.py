@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from finc_cli.bench.model import model_rows, parse_convs
+from finc_cli.bench.model import ft_st_rows, parse_convs
 from finc_cli.bench.tables import format_cell
 from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
 from finc_cli.commands.evaluate import evaluate
@@ -206,7 +206,7 @@ def compare(
 
 
 def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, timing: dict, say) -> dict:
-    """{conv: FT/ST columns}: every variant's architecture timed in one `model_rows` run, interleaved, so
+    """{conv: FT/ST columns}: every variant's architecture timed in one `ft_st_rows` run, interleaved, so
     the ratios share the machine's load; kept in OUT/timing.json and reused while convs and settings match."""
 
     path = out / "timing.json"
@@ -218,7 +218,7 @@ def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, t
     if isinstance(saved, dict) and saved.get("settings") == settings:
         return saved["by_conv"]
     say(f"timing FT and ST of {', '.join(convs)} at batch {timing['batch']}")
-    rows = model_rows(
+    rows = ft_st_rows(
         preset,
         overrides,
         [timing["batch"]],
