@@ -11,7 +11,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from finc_cli.errors import ConfigError
+from finc_cli.errors import ConfigError, InputError
 from finc_cli.files.atomic import atomic_write_text
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "list_presets",
     "load_preset",
     "ModelConfig",
+    "parse_conv_list",
     "parse_override",
     "PRESET_DIR",
     "resolve_preset_path",
@@ -119,6 +120,21 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
+
+
+def parse_conv_list(convs) -> list[str]:
+    """`model.conv` choices from repeatable or comma-separated values ("finc,emerging"; "glow" means "none"), in
+    order, each once."""
+    out: list[str] = []
+    for item in convs:
+        for name in (n.strip() for n in str(item).split(",")):
+            name = "none" if name == "glow" else name
+            if name not in CONV_CHOICES:
+                raise InputError(f"unknown convolution '{name}'; choose from {', '.join(CONV_CHOICES)}")
+            out += [name] if name and name not in out else []
+    if not out:
+        raise InputError("give at least one convolution, e.g. --conv finc,emerging,cinc,none")
+    return out
 
 
 def list_presets() -> list[str]:

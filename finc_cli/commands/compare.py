@@ -20,12 +20,12 @@ import statistics
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from finc_cli.bench.model import ft_st_rows, parse_convs
-from finc_cli.bench.tables import format_cell
+from finc_cli.bench.model import ft_st_rows
+from finc_cli.bench.tables import markdown_table
 from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
 from finc_cli.commands.evaluate import evaluate
 from finc_cli.commands.invert import invert
-from finc_cli.config import SECTIONS, check_resume_overrides, load_preset
+from finc_cli.config import SECTIONS, check_resume_overrides, load_preset, parse_conv_list
 from finc_cli.errors import ConfigError
 from finc_cli.files.atomic import atomic_write_text
 from finc_cli.flows.convolutions import CONV_LABELS
@@ -37,11 +37,11 @@ __all__ = ["COMPARE_COLUMNS", "aggregate_seeds", "compare", "compare_markdown", 
 
 ROW_FILE = "compare.json"
 
-# (header, key, format) of the comparison table.
+# (header, key, format) of the comparison table, rendered by bench.tables.markdown_table.
 COMPARE_COLUMNS = [
     ("conv", "label", "s"),
-    ("test bits/dim", ("bpd", "bpd_stderr"), "±"),
-    ("per seed", "bpd_seeds", "seeds"),
+    ("test bits/dim", ("bpd", "bpd_stderr"), "±.4f"),
+    ("per seed", "bpd_seeds", ".3f"),
     ("params", "params", ",d"),
     ("train images/s", "train_images_per_s", ".0f"),
     ("FT s", "ft_s", ".3g"),
@@ -157,7 +157,7 @@ def compare(
 
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
-    convs = parse_convs(convs)
+    convs = parse_conv_list(convs)
     seed_list = None if seeds is None else parse_seeds(seeds)
     timing = {"batch": 100, "repeats": 3, "warmup": 1, "threads": 2, "recon_images": 256, **(timing or {})}
     out, overrides = Path(out_dir), {**(overrides or {}), "train.steps": steps}
@@ -318,21 +318,9 @@ def _summary(out: Path, preset: str, steps: int, seeds: list[int], runs: list[di
 def compare_markdown(result: dict) -> str:
     """The comparison as a Markdown table, with how it was run and the one-stderr check."""
 
-    def cell(row: dict, key, spec: str) -> str:
-        if spec == "±":
-            mean, err = (row.get(k) for k in key)
-            return "–" if mean is None else f"{mean:.4f} ± {err:.4f}"
-        if spec == "seeds":
-            return ", ".join(f"{v:.3f}" for v in row.get(key) or [])
-        return format_cell(row.get(key), spec)
-
     seeds = result.get("seeds") or [result["seed"]]
-    columns = [c for c in COMPARE_COLUMNS if len(seeds) > 1 or c[2] != "seeds"]
-    lines = [
-        "| " + " | ".join(h for h, _, _ in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(cell(r, k, s) for _, k, s in columns) + " |" for r in result["rows"]]
+    columns = [c for c in COMPARE_COLUMNS if len(seeds) > 1 or c[1] != "bpd_seeds"]
+    table = markdown_table(columns, result["rows"])
     batch = result["rows"][0].get("timing_batch", "-") if result["rows"] else "-"
     if len(seeds) > 1:
         how = (
@@ -356,7 +344,7 @@ def compare_markdown(result: dict) -> str:
             f" FInC minus {result['best_baseline']}, seed by seed: {paired['mean']:+.4f} ± {paired['stderr']:.4f} "
             f"bits/dim over {paired['n']} seeds."
         )
-    return "\n".join(lines) + "\n" + note + "\n"
+    return table + "\n" + note + "\n"
 
 
 def _write_json(path: Path, data: dict) -> None:
