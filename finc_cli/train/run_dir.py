@@ -33,37 +33,14 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
+        # The paths of the files above (the names stay class attributes: RunDir.LAST names last.pt anywhere).
+        self.config, self.metrics, self.last, self.best, self.report, self.tensorboard, self.lock = (
+            self.path / name
+            for name in (self.CONFIG, self.METRICS, self.LAST, self.BEST, self.REPORT, self.TENSORBOARD, self.LOCK)
+        )
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
-
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def last(self) -> Path:
-        return self.path / self.LAST
-
-    @property
-    def best(self) -> Path:
-        return self.path / self.BEST
-
-    @property
-    def report(self) -> Path:
-        return self.path / self.REPORT
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / self.TENSORBOARD
-
-    @property
-    def lock(self) -> Path:
-        return self.path / self.LOCK
 
     def sample_grid(self, step: int) -> Path:
         """The sample grid drawn at `step`."""
