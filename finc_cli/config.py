@@ -11,8 +11,9 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from finc_cli.errors import ConfigError
+from finc_cli.errors import ConfigError, InputError
 from finc_cli.files.atomic import atomic_write_text
+from finc_cli.text import comma_list
 
 __all__ = [
     "apply_overrides",
@@ -26,6 +27,7 @@ __all__ = [
     "list_presets",
     "load_preset",
     "ModelConfig",
+    "parse_conv_list",
     "parse_override",
     "PRESET_DIR",
     "resolve_preset_path",
@@ -120,6 +122,20 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
+
+
+def parse_conv_list(convs) -> list[str]:
+    """`model.conv` choices from repeatable or comma-separated values ("finc,emerging"; "glow" means "none"), in
+    order, each once."""
+    out: list[str] = []
+    for name in comma_list(convs):
+        name = "none" if name == "glow" else name
+        if name not in CONV_CHOICES:
+            raise InputError(f"unknown convolution '{name}'; choose from {', '.join(CONV_CHOICES)}")
+        out += [] if name in out else [name]
+    if not out:
+        raise InputError("give at least one convolution, e.g. --conv finc,emerging,cinc,none")
+    return out
 
 
 def list_presets() -> list[str]:

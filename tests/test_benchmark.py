@@ -73,8 +73,8 @@ def test_layer_rows_bad_input_is_a_value_error():
         layer.layer_rows([(1, 4, 3, 3, 2)], dtypes=("float8",), **TINY)
 
 
-def test_model_rows_finc_beside_glow():
-    rows = model.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
+def test_ft_st_rows_finc_beside_glow():
+    rows = model.ft_st_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
     assert [(r["model"], r["batch"]) for r in rows] == [("finc", 3), ("glow", 3), ("finc", 1), ("glow", 1)]
     for r in rows:
         assert all(_positive(r[k]) for k in ("ft_s", "st_s", "st_over_ft", "st_vs_glow"))
@@ -113,9 +113,9 @@ def test_conv_inverse_split_times_only_the_convolutions_and_changes_nothing(conv
         assert torch.equal(sample(), before)
 
 
-def test_model_rows_every_conv_with_its_inverse_backend():
+def test_ft_st_rows_every_conv_with_its_inverse_backend():
     convs = ["finc", "emerging", "cinc", "none"]
-    rows = model.model_rows("digits", {"model.steps": 1, "model.hidden": 8}, [2], ["wavefront"], convs=convs, **TINY)
+    rows = model.ft_st_rows("digits", {"model.steps": 1, "model.hidden": 8}, [2], ["wavefront"], convs=convs, **TINY)
     assert [(r["model"], r["conv"], r["backend"]) for r in rows] == [
         ("finc", "finc", "wavefront"),
         ("emerging", "emerging", "raster"),
@@ -132,7 +132,7 @@ def test_model_rows_every_conv_with_its_inverse_backend():
         assert 0 < r["conv_inverse_share"] < 1 and 0 < r["conv_inverse_s"] < r["st_s"]
     assert rows[-1]["conv_inverse_share"] == 0 and rows[-1]["conv_inverse_s"] == 0
     with pytest.raises(InputError, match="unknown convolution 'macow'"):
-        model.model_rows("digits", {"model.steps": 1}, [2], convs=["finc,macow"], **TINY)
+        model.ft_st_rows("digits", {"model.steps": 1}, [2], convs=["finc,macow"], **TINY)
 
 
 def test_scaling_rows_and_fits():

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
-from finc_cli.commands.compare import compare, compare_markdown
-from finc_cli.config import changed_keys, load_preset
-from finc_cli.errors import ConfigError
+from finc_cli.commands.compare import COMPARE_COLUMNS, compare, compare_markdown
+from finc_cli.config import changed_keys, load_preset, parse_conv_list
+from finc_cli.errors import ConfigError, InputError
 
 TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_batch_size": 512}
 TIMING = {"batch": 2, "repeats": 1, "warmup": 0, "threads": 1, "recon_images": 8}
@@ -158,6 +158,23 @@ def test_seeds_are_parsed_and_checked():
     with pytest.raises(ConfigError, match="--seeds or --set train.seed, not both"):
         compare("digits", ["finc"], 1, "unused", {"train.seed": 3}, "cpu", TIMING, seeds=[0, 1])
     assert not Path("unused").exists()
+
+
+def test_conv_lists_are_parsed_and_checked():
+    assert parse_conv_list(["finc,glow", "cinc", " finc "]) == ["finc", "none", "cinc"]  # glow is conv none
+    for bad, message in ((["finc,macow"], "unknown convolution 'macow'"), ([], "give at least one convolution")):
+        with pytest.raises(InputError, match=message):
+            parse_conv_list(bad)
+
+
+def test_one_seed_table_rows_and_missing_values():
+    row = {"label": "FInC", "bpd": None, "bpd_stderr": None, "params": 1234, "exact": True}
+    result = {"preset": "digits", "steps": 1, "seed": 0, "rows": [row], "finc_within_stderr": None}
+    head, rule, line = compare_markdown(result).splitlines()[:3]
+    columns = len(COMPARE_COLUMNS) - 1  # one seed: no per-seed column
+    assert head.startswith("| conv | test bits/dim | params |") and head.count(" | ") == columns - 1
+    assert rule == "|" + "---|" * columns
+    assert line.startswith("| FInC | – | 1,234 | – |") and line.endswith("| True |")
 
 
 @pytest.mark.slow

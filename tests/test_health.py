@@ -112,7 +112,8 @@ def test_invert_cli_warns_on_stderr_and_refuses_an_unknown_precision(bad_checkpo
 def test_validation_logs_the_composed_check_and_tensorboard_and_report_show_it(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from finc_cli.commands.report import read_metrics, summarize
+    from finc_cli.commands.report import summarize
+    from finc_cli.train.run_dir import read_metrics
 
     out = tmp_path / "run"
     tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--tensorboard"]

@@ -501,9 +501,9 @@ def test_enospc_writing_a_sample_grid(ckpt, tmp_path, monkeypatch):
 
 
 def test_enospc_writing_individual_samples_removes_them(ckpt, tmp_path, monkeypatch):
-    from finc_cli.files import images
+    from finc_cli.commands import sample as sample_command  # patched where it is called: imported earlier or not
 
-    real, calls = images.save_png, []
+    real, calls = sample_command.save_png, []
 
     def fail_third(chw, path, scale=1):
         calls.append(path)
@@ -511,7 +511,7 @@ def test_enospc_writing_individual_samples_removes_them(ckpt, tmp_path, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(chw, path, scale)
 
-    monkeypatch.setattr(images, "save_png", fail_third)
+    monkeypatch.setattr(sample_command, "save_png", fail_third)
     one_line_error(invoke("sample", ckpt, "-n", 5, "--individual", "--out", tmp_path / "each"), 1, "No space left")
     assert not (tmp_path / "each").exists()
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import finc_cli.train.loop as loop
+import finc_cli.train.saving as saving
 from finc_cli.checkpoint import read_checkpoint
 from finc_cli.cli.main import app
 from finc_cli.config import load_preset
 from finc_cli.files.locking import exclusive_lock, lock_holder
 from finc_cli.train import Reporter, train
+from finc_cli.train.run_dir import RunDir
 
 TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 1000, "train.log_every": 1}
 TINY_FLAGS = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
@@ -118,7 +119,7 @@ def test_retention_keeps_exactly_the_last_n_periodic_checkpoints(tmp_path):
 def test_pruning_never_deletes_the_only_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     finite = {"ok": True}
-    monkeypatch.setattr(loop, "params_finite", lambda model: finite["ok"])
+    monkeypatch.setattr(saving, "params_finite", lambda model: finite["ok"])
     reporter = _Log()
 
     class _Poison(Reporter):
@@ -175,7 +176,7 @@ def test_allowed_changes_on_resume_are_recorded(tmp_path):
 
 def test_low_space_warns_early_naming_the_folder_and_the_figures(tmp_path, monkeypatch):
     run, log = tmp_path / "run", _Log()
-    monkeypatch.setattr(loop, "free_bytes", lambda folder: 1_000)
+    monkeypatch.setattr(saving, "free_bytes", lambda folder: 1_000)
     train(_cfg(steps=4, checkpoint_every=2), run, reporter=log)
     warnings = [line for line in log.lines if "GiB free" in line]
     assert len(warnings) == 1 and str(run) in warnings[0] and "may not fit" in warnings[0]  # once, not every save
@@ -187,7 +188,7 @@ def test_low_space_warns_early_naming_the_folder_and_the_figures(tmp_path, monke
 
 def test_plenty_of_space_stays_quiet(tmp_path, monkeypatch):
     run, log = tmp_path / "run", _Log()
-    monkeypatch.setattr(loop, "free_bytes", lambda folder: 10**15)
+    monkeypatch.setattr(saving, "free_bytes", lambda folder: 10**15)
     train(_cfg(steps=2, checkpoint_every=1), run, reporter=log)
     assert not [line for line in log.lines if "GiB free" in line]
 
@@ -202,15 +203,61 @@ def test_readers_are_not_blocked_by_a_writer(tmp_path):
 
 
 def test_a_fresh_run_drops_the_old_runs_report_and_tensorboard_events(tmp_path):
-    from finc_cli.train.run_dir import clean_run_dir
-
     out = tmp_path / "run"
     (out / "tensorboard").mkdir(parents=True)
     (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old")
     (out / "report.png").write_bytes(b"old")
     (out / "notes.txt").write_text("mine")
-    clean_run_dir(out, fresh=False)  # a resumed run keeps them
+    RunDir(out).clean(fresh=False)  # a resumed run keeps them
     assert (out / "report.png").exists() and (out / "tensorboard" / "events.out.tfevents.1").exists()
-    clean_run_dir(out, fresh=True)
+    RunDir(out).clean(fresh=True)
     assert not (out / "report.png").exists() and not (out / "tensorboard").exists()
     assert (out / "notes.txt").read_text() == "mine"  # files finc did not write stay
+
+
+def test_every_file_a_run_writes_is_named_by_run_dir(tmp_path):
+    """RunDir owns the run directory's names: a run with every writer on leaves nothing it does not name."""
+    run = RunDir(tmp_path / "run")
+    train(_cfg(steps=4, checkpoint_every=2, keep_checkpoints=1, sample_every=2), run.path)
+    names = {RunDir.CONFIG, RunDir.METRICS, RunDir.LAST, RunDir.BEST, RunDir.SAMPLES, RunDir.LOCK}
+    assert {p.name for p in run.path.iterdir()} == names | {run.step_checkpoint(4).name}
+    assert run.step_checkpoints() == [run.step_checkpoint(4)]
+    assert run.latest_sample_grid() == run.sample_grid(4) and run.sample_grid(4).is_file()
+    assert [r["step"] for r in run.read_metrics() if "loss_bpd" in r and "event" not in r] == [1, 2, 3, 4]
+
+
+def test_the_metrics_log_is_strict_json_and_cut_back_on_resume(tmp_path):
+    run = RunDir(tmp_path)
+    for step, loss in ((1, 2.5), (2, float("nan")), (3, 2.25)):
+        run.append_metrics({"step": step, "loss_bpd": loss, "nested": {"grad_norm": float("inf")}})
+    with open(run.metrics, "a") as fh:
+        fh.write('{"step": 4, "loss_b')  # a line cut short by a crash
+    lines = run.metrics.read_text().splitlines()
+    assert json.loads(lines[1]) == {"step": 2, "loss_bpd": None, "nested": {"grad_norm": None}}
+    assert [r["step"] for r in run.read_metrics()] == [1, 2, 3]
+    run.truncate_metrics(2)
+    assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_the_trainer_declares_every_attribute_in_init():
+    """Every `self.x = ...` of Trainer happens in __init__ too, so no attribute is read before it exists."""
+    import ast
+    import inspect
+
+    from finc_cli.train.loop import Trainer
+
+    def assigned(fn: ast.FunctionDef) -> set[str]:
+        targets = [
+            t
+            for node in ast.walk(fn)
+            if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        ]
+        flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        return {e.attr for e in flat if isinstance(e, ast.Attribute) and getattr(e.value, "id", None) == "self"}
+
+    cls = ast.parse(inspect.getsource(Trainer)).body[0]
+    methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+    later = set().union(*(assigned(f) for name, f in methods.items() if name != "__init__"))
+    assert later and later <= assigned(methods["__init__"]), later - assigned(methods["__init__"])
+    assert "getattr(self" not in inspect.getsource(Trainer)

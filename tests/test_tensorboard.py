@@ -12,7 +12,7 @@ from cli_run import invoke, ok
 from PIL import Image
 
 from finc_cli.checkpoint import read_checkpoint
-from finc_cli.train.tensorboard import LOG_DIR
+from finc_cli.train.run_dir import RunDir
 
 TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--seed", "5"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]
@@ -21,7 +21,7 @@ EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "
 def events(run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / LOG_DIR), size_guidance={"scalars": 0, "images": 0})
+    acc = EventAccumulator(str(RunDir(run).tensorboard), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     return acc
 
@@ -90,7 +90,7 @@ def test_per_unit_weight_norms_and_inverse_errors(run):
 def test_logger_writes_each_record_once_and_skips_events(tmp_path):
     from finc_cli.train.tensorboard import TensorBoardLogger
 
-    tb = TensorBoardLogger(tmp_path, step=0, fresh=True, batch_size=8)
+    tb = TensorBoardLogger(RunDir(tmp_path).tensorboard, step=0, fresh=True, batch_size=8)
     tb.record(
         {
             "step": 5,
@@ -135,7 +135,7 @@ def test_resume_from_an_older_checkpoint_purges_the_later_events(tmp_path):
     ok(invoke("train", "--preset", "digits", "--out", out, "--steps", 4, "--tensorboard", *TINY, *EVERY, *keep))
     first = scalars(events(out), "train/bpd")
     ok(invoke("train", "--resume", out, "--from", "step-0000002.pt", "--lr", "0.01", "--tensorboard", "--quiet"))
-    assert len(list((out / LOG_DIR).glob("events.out.tfevents.*"))) == 2, "the resumed session adds a file"
+    assert len(list(RunDir(out).tensorboard.glob("events.out.tfevents.*"))) == 2, "the resumed session adds a file"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss_bpd" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4], "metrics.jsonl keeps one line per step"

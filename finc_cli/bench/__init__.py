@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["environment", "fit_exponents", "layer_rows", "model_rows", "paper_rows", "scaling_rows", "thread_rows"]
+__all__ = ["environment", "fit_exponents", "ft_st_rows", "layer_rows", "paper_rows", "scaling_rows", "thread_rows"]
 
 _HOME = {
     "environment": "finc_cli.bench.timing",
     "layer_rows": "finc_cli.bench.layer",
-    "model_rows": "finc_cli.bench.model",
+    "ft_st_rows": "finc_cli.bench.model",
     "paper_rows": "finc_cli.bench.model",
     "scaling_rows": "finc_cli.bench.scaling",
     "fit_exponents": "finc_cli.bench.scaling",

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from finc_cli.bench.model import model_rows as timed_rows
+from finc_cli.bench.model import ft_st_rows
 from finc_cli.bench.tables import markdown_table
 from finc_cli.bench.timing import environment, summarize, time_interleaved
 from finc_cli.config import load_preset
@@ -33,7 +33,7 @@ from finc_cli.inverse.wavefront import wavefront_inverse
 from finc_cli.model import build_model
 from finc_cli.text import first_line
 
-__all__ = ["conv_rows", "gpu_check", "main", "model_rows", "render", "run_gpu_tests", "train_rows", "unit_rows"]
+__all__ = ["conv_rows", "gpu_check", "main", "preset_rows", "render", "run_gpu_tests", "train_step_rows", "unit_rows"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # (C, H, W) after each squeeze, 3 levels: 32×32 images (CIFAR-10, ImageNet32), then 64×64 (ImageNet64).
@@ -174,7 +174,7 @@ def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
     return {f"{name}_ms": _median_ms(times, name) for name in variants}
 
 
-def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[float] = None) -> list[dict]:
+def preset_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[float] = None) -> list[dict]:
     """Per preset and batch: FT and ST (cupy and wavefront inverse) of FInC and the same-depth Glow, in ms."""
 
     rows = []
@@ -183,7 +183,7 @@ def model_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[
             rows.append({"preset": preset, "note": "skipped: time budget"})
             continue
         try:
-            found = timed_rows(preset, {}, batches, ("cupy", "wavefront"), "cuda", repeats=5, warmup=2, threads=0)
+            found = ft_st_rows(preset, {}, batches, ("cupy", "wavefront"), "cuda", repeats=5, warmup=2, threads=0)
             err = _unit_error(preset)
         except Exception as exc:  # noqa: BLE001 - reported in the table; the check goes on
             rows.append({"preset": preset, "note": f"failed: {type(exc).__name__}: {exc}"})
@@ -202,7 +202,7 @@ def conv_rows(preset=CONV_PRESET, batch=CONV_BATCH, deadline: Optional[float] = 
     if deadline is not None and time.perf_counter() > deadline:
         return [{"preset": preset, "note": "skipped: time budget"}]
     try:
-        rows = timed_rows(preset, {}, (batch,), ("cupy",), "cuda", repeats=3, warmup=1, threads=0, convs=CONVS)
+        rows = ft_st_rows(preset, {}, (batch,), ("cupy",), "cuda", repeats=3, warmup=1, threads=0, convs=CONVS)
     except Exception as exc:  # noqa: BLE001 - reported in the table; the check goes on
         return [{"preset": preset, "note": f"failed: {type(exc).__name__}: {exc}"}]
     for r in rows:
@@ -223,7 +223,7 @@ def _unit_error(preset: str) -> float:
         return max((r["max_abs_err"] for r in model.reconstruction_report(x)), default=0.0)
 
 
-def train_rows(
+def train_step_rows(
     preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PRECISIONS, deadline: Optional[float] = None
 ) -> list[dict]:
     """One optimizer step (forward, backward, Adam) of the preset's model on random images.
@@ -316,10 +316,10 @@ def gpu_check(out: Path, tests: bool = True, models: bool = True, train: bool = 
         else:
             result["units"] = unit_rows()
         if models:
-            result["models"] = model_rows(deadline=deadline)
+            result["models"] = preset_rows(deadline=deadline)
             result["convs"] = conv_rows(deadline=deadline)
         if train:
-            result["train"] = train_rows(deadline=deadline)
+            result["train"] = train_step_rows(deadline=deadline)
     result["seconds"] = round(time.perf_counter() - started, 1)
     out.write_text(json.dumps(result, indent=2, default=str))
     return result

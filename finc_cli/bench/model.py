@@ -15,13 +15,12 @@ import torch
 from finc_cli import inverse
 from finc_cli.bench.layer import finc_backends
 from finc_cli.bench.timing import num_threads, resolve, summarize, sync, time_interleaved
-from finc_cli.config import load_preset
+from finc_cli.config import load_preset, parse_conv_list
 from finc_cli.errors import InputError
 from finc_cli.flows.convolutions import INVERSE_SCHEDULES
 from finc_cli.model import build_model
-from finc_cli.text import comma_list
 
-__all__ = ["MODEL_NAMES", "PAPER_TABLE", "model_rows", "paper_rows", "parse_convs"]
+__all__ = ["MODEL_NAMES", "PAPER_TABLE", "ft_st_rows", "paper_rows"]
 
 # model.conv -> the row's model name ("glow" for no k×k conv, as the paper calls it).
 MODEL_NAMES = {"finc": "finc", "emerging": "emerging", "cinc": "cinc", "none": "glow"}
@@ -80,20 +79,7 @@ def paper_rows() -> list[dict]:
     return [{**r, "st_over_ft": r["st_s"] / r["ft_s"]} for r in PAPER_TABLE]
 
 
-def parse_convs(convs: Iterable[str]) -> list[str]:
-    """Conv names from repeatable or comma-separated values ("finc,emerging"; "glow" means "none"), in order."""
-    out = []
-    for name in comma_list(convs):
-        name = "none" if name == "glow" else name
-        if name not in MODEL_NAMES:
-            raise InputError(f"unknown convolution '{name}'; choose from finc, emerging, cinc, none")
-        out += [] if name in out else [name]
-    if not out:
-        raise InputError("give at least one convolution, e.g. --conv finc,emerging,cinc,none")
-    return out
-
-
-def model_rows(
+def ft_st_rows(
     preset: str = "cifar10",
     overrides: Optional[dict] = None,
     batch_sizes: Iterable[int] = (100,),
@@ -124,7 +110,7 @@ def model_rows(
 
     dev, dt = resolve(device, dtype)
     overrides = dict(overrides or {})
-    cfgs = {MODEL_NAMES[c]: load_preset(preset, {**overrides, "model.conv": c}) for c in parse_convs(convs)}
+    cfgs = {MODEL_NAMES[c]: load_preset(preset, {**overrides, "model.conv": c}) for c in parse_conv_list(convs)}
     names = finc_backends(backends, dev)
     rows = []
     batch_sizes = list(batch_sizes)

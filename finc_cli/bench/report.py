@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from finc_cli import inverse
 from finc_cli.bench.layer import LAYERS, SEQUENTIAL, layer_rows
-from finc_cli.bench.model import model_rows, paper_rows
+from finc_cli.bench.model import ft_st_rows, paper_rows
 from finc_cli.bench.scaling import fit_exponents, scaling_rows
 from finc_cli.bench.tables import (
     COLUMNS,
@@ -171,7 +171,7 @@ def section_model(args, env: dict, command: str) -> str:
 
     t0 = time.perf_counter()
     overrides = {"model.steps": args.model_steps} if args.model_steps else {}
-    rows = model_rows(
+    rows = ft_st_rows(
         args.preset,
         overrides,
         args.model_batch_sizes,

@@ -25,7 +25,8 @@ __all__ = [
 
 UNIT_BACKENDS = ("wavefront", "native", "paper")
 
-# (header, key, format) per column; a tuple key renders "a–b".
+# (header, key, format) per column; a tuple key renders "a–b" (with a format "±spec": "a ± b"), a list "a, b, c"
+# (any format but "s").
 
 COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
     "layer": [
@@ -139,9 +140,13 @@ COLUMNS: dict[str, list[tuple[str, Any, str]]] = {
 
 
 def format_cell(value: Any, spec: str) -> str:
-    """One table cell: '–' for a missing or non-finite value, a–b for a pair."""
+    """One table cell: '–' for a missing or non-finite value, a–b for a pair (a ± b for spec '±...'), a, b, c for a
+    list."""
     if isinstance(value, tuple):
-        return "–" if None in value else "–".join(format_cell(v, spec) for v in value)
+        sep, spec = (" ± ", spec[1:]) if spec.startswith("±") else ("–", spec)
+        return "–" if None in value else sep.join(format_cell(v, spec) for v in value)
+    if isinstance(value, list) and spec != "s":
+        return ", ".join(format_cell(v, spec) for v in value)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if spec == "s":

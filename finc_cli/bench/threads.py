@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 from finc_cli.errors import InputError
 from finc_cli.runtime.threads import THREADS_ENV, cpu_count
 from finc_cli.text import comma_list
-from finc_cli.train.run_dir import read_metrics
+from finc_cli.train.run_dir import RunDir
 
 __all__ = ["DEFAULT", "parse_counts", "thread_rows"]
 
@@ -46,9 +46,9 @@ def _command(preset: str, out: Path, steps: int, threads, sets: Sequence[str]) -
     return args + ([] if threads == DEFAULT else ["--threads", str(threads)])
 
 
-def _steps_per_s(metrics: Path) -> float:
+def _steps_per_s(run: RunDir) -> float:
     """Median steps/s over the logged intervals, the first (warm-up) left out."""
-    rates = [r["it_s"] for r in read_metrics(metrics) if "it_s" in r and "event" not in r]
+    rates = [r["it_s"] for r in run.read_metrics() if "it_s" in r and "event" not in r]
     return statistics.median(rates[1:] or rates)
 
 
@@ -66,7 +66,7 @@ def _launch(preset: str, root: Path, jobs: int, threads, steps: int, sets: Seque
         if proc.returncode:
             raise RuntimeError(f"finc train in {out} failed with exit code {proc.returncode}")
         summary = json.loads(stdout.strip().splitlines()[-1])
-        results.append({"steps_per_s": _steps_per_s(out / "metrics.jsonl"), "threads": summary["threads"]})
+        results.append({"steps_per_s": _steps_per_s(RunDir(out)), "threads": summary["threads"]})
     return results
 
 

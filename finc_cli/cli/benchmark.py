@@ -174,14 +174,15 @@ def model_cli(
 ) -> None:
     """FT (forward, bits/dim) and ST (sampling) of a preset's model per convolution (default FInC and Glow), and
     the paper's. Emerging and CInC invert in their published raster schedules; the `inverse` column says which."""
-    from finc_cli.bench.model import model_rows, paper_rows, parse_convs
+    from finc_cli.bench.model import ft_st_rows, paper_rows
+    from finc_cli.config import parse_conv_list
 
     threads = use_threads(threads)
 
-    chosen = [c for c in parse_convs(convs or ["finc,none"]) if not (no_glow and c == "none")]
+    chosen = [c for c in parse_conv_list(convs or ["finc,none"]) if not (no_glow and c == "none")]
 
     with progress_bars("benchmark model", enabled=not json_out) as bars:
-        rows = model_rows(
+        rows = ft_st_rows(
             preset,
             parse_sets(sets),
             batch_sizes or [100],

@@ -20,29 +20,29 @@ import statistics
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from finc_cli.bench.model import model_rows, parse_convs
-from finc_cli.bench.tables import format_cell
+from finc_cli.bench.model import ft_st_rows
+from finc_cli.bench.tables import markdown_table
 from finc_cli.checkpoint import model_from_checkpoint, read_checkpoint
 from finc_cli.commands.evaluate import evaluate
 from finc_cli.commands.invert import invert
-from finc_cli.config import SECTIONS, check_resume_overrides, load_preset
+from finc_cli.config import SECTIONS, check_resume_overrides, load_preset, parse_conv_list
 from finc_cli.errors import ConfigError
 from finc_cli.files.atomic import atomic_write_text
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.runtime.device import resolve_device
 from finc_cli.text import comma_list
 from finc_cli.train import train
-from finc_cli.train.run_dir import read_metrics
+from finc_cli.train.run_dir import RunDir
 
 __all__ = ["COMPARE_COLUMNS", "aggregate_seeds", "compare", "compare_markdown", "parse_seeds", "variant_row"]
 
 ROW_FILE = "compare.json"
 
-# (header, key, format) of the comparison table.
+# (header, key, format) of the comparison table, rendered by bench.tables.markdown_table.
 COMPARE_COLUMNS = [
     ("conv", "label", "s"),
-    ("test bits/dim", ("bpd", "bpd_stderr"), "±"),
-    ("per seed", "bpd_seeds", "seeds"),
+    ("test bits/dim", ("bpd", "bpd_stderr"), "±.4f"),
+    ("per seed", "bpd_seeds", ".3f"),
     ("params", "params", ",d"),
     ("train images/s", "train_images_per_s", ".0f"),
     ("FT s", "ft_s", ".3g"),
@@ -81,7 +81,7 @@ def _flat(cfg) -> dict:
 def _check_same_run(run_dir: Path, cfg) -> None:
     """Refuse to reuse a variant directory trained with a different architecture, data or seed."""
 
-    saved = run_dir / "config.yaml"
+    saved = RunDir(run_dir).config
     if not saved.is_file():
         return
     try:
@@ -92,10 +92,10 @@ def _check_same_run(run_dir: Path, cfg) -> None:
 
 def _train_images_per_s(run_dir: Path, batch_size: int) -> Optional[float]:
     """Images per second of the training steps alone (median of the logged batch wait + compute; no eval)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
         return None
-    step_s = [r["data_s"] + r["compute_s"] for r in read_metrics(path) if "compute_s" in r and "data_s" in r]
+    step_s = [r["data_s"] + r["compute_s"] for r in run.read_metrics() if "compute_s" in r and "data_s" in r]
     step_s = [s for s in step_s if s > 0]
     return batch_size / statistics.median(step_s) if step_s else None
 
@@ -108,7 +108,7 @@ def variant_row(
     FT and ST are measured later for all variants at once (`_timing`), so that their ratios share one run.
     """
 
-    ckpt = run_dir / "best.pt"
+    ckpt = RunDir(run_dir).best
     data = read_checkpoint(ckpt)
     cfg_steps = int(data["config"]["train"]["steps"])
     scored = evaluate(str(ckpt), split="test", device=device, notify=notify)
@@ -155,7 +155,7 @@ def compare(
 
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
-    convs = parse_convs(convs)
+    convs = parse_conv_list(convs)
     seed_list = None if seeds is None else parse_seeds(seeds)
     timing = {"batch": 100, "repeats": 3, "warmup": 1, "threads": 2, "recon_images": 256, **(timing or {})}
     out, overrides = Path(out_dir), {**(overrides or {}), "train.steps": steps}
@@ -180,7 +180,7 @@ def compare(
         if row is not None:
             say(f"[{i}/{len(plan)}] {name}: finished before ({steps} steps), skipped")
         else:
-            resume = "auto" if (run_dir / "last.pt").is_file() else None
+            resume = "auto" if RunDir(run_dir).last.is_file() else None
             # A directory without last.pt holds nothing resumable (stopped before its first checkpoint): start over.
             force = resume is None and run_dir.is_dir() and any(run_dir.iterdir())
             say(f"[{i}/{len(plan)}] {name}: {'resuming' if resume else 'training'} in {run_dir}")
@@ -204,7 +204,7 @@ def compare(
 
 
 def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, timing: dict, say) -> dict:
-    """{conv: FT/ST columns}: every variant's architecture timed in one `model_rows` run, interleaved, so
+    """{conv: FT/ST columns}: every variant's architecture timed in one `ft_st_rows` run, interleaved, so
     the ratios share the machine's load; kept in OUT/timing.json and reused while convs and settings match."""
 
     path = out / "timing.json"
@@ -216,7 +216,7 @@ def _timing(out: Path, preset: str, overrides: dict, convs: list, device: str, t
     if isinstance(saved, dict) and saved.get("settings") == settings:
         return saved["by_conv"]
     say(f"timing FT and ST of {', '.join(convs)} at batch {timing['batch']}")
-    rows = model_rows(
+    rows = ft_st_rows(
         preset,
         overrides,
         [timing["batch"]],
@@ -316,21 +316,9 @@ def _summary(out: Path, preset: str, steps: int, seeds: list[int], runs: list[di
 def compare_markdown(result: dict) -> str:
     """The comparison as a Markdown table, with how it was run and the one-stderr check."""
 
-    def cell(row: dict, key, spec: str) -> str:
-        if spec == "±":
-            mean, err = (row.get(k) for k in key)
-            return "–" if mean is None else f"{mean:.4f} ± {err:.4f}"
-        if spec == "seeds":
-            return ", ".join(f"{v:.3f}" for v in row.get(key) or [])
-        return format_cell(row.get(key), spec)
-
     seeds = result.get("seeds") or [result["seed"]]
-    columns = [c for c in COMPARE_COLUMNS if len(seeds) > 1 or c[2] != "seeds"]
-    lines = [
-        "| " + " | ".join(h for h, _, _ in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(cell(r, k, s) for _, k, s in columns) + " |" for r in result["rows"]]
+    columns = [c for c in COMPARE_COLUMNS if len(seeds) > 1 or c[1] != "bpd_seeds"]
+    table = markdown_table(columns, result["rows"])
     batch = result["rows"][0].get("timing_batch", "-") if result["rows"] else "-"
     if len(seeds) > 1:
         how = (
@@ -354,7 +342,7 @@ def compare_markdown(result: dict) -> str:
             f" FInC minus {result['best_baseline']}, seed by seed: {paired['mean']:+.4f} ± {paired['stderr']:.4f} "
             f"bits/dim over {paired['n']} seeds."
         )
-    return "\n".join(lines) + "\n" + note + "\n"
+    return table + "\n" + note + "\n"
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from finc_cli.errors import FincError, RunDirError
 from finc_cli.files.atomic import atomic_path, check_output_file
-from finc_cli.train.run_dir import REPORT_FILE, read_metrics
+from finc_cli.train.run_dir import RunDir
 
 __all__ = ["PANELS", "report", "summarize"]
 
@@ -31,9 +31,8 @@ PANELS = (
 _STAGES = 4  # read the run, draw the curves, draw samples and health, write the PNG
 
 
-def _read_config(run: Path) -> dict:
-
-    path = run / "config.yaml"
+def _read_config(run: RunDir) -> dict:
+    path = run.config
     if not path.is_file():
         return {}
     try:
@@ -43,11 +42,15 @@ def _read_config(run: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _check_run(run: Path) -> None:
-    if not run.is_dir():
-        raise RunDirError(f"{run} is not a directory; give a run directory written by finc train (e.g. runs/digits)")
-    if not (run / "metrics.jsonl").is_file():
-        raise RunDirError(f"{run} is not a run directory (no metrics.jsonl); give the --out folder of finc train")
+def _check_run(run: RunDir) -> None:
+    if not run.path.is_dir():
+        raise RunDirError(
+            f"{run.path} is not a directory; give a run directory written by finc train (e.g. runs/digits)"
+        )
+    if not run.metrics.is_file():
+        raise RunDirError(
+            f"{run.path} is not a run directory (no {RunDir.METRICS}); give the --out folder of finc train"
+        )
 
 
 def _batch_sizes(records: list[dict], batch_size: Optional[int]) -> list[Optional[int]]:
@@ -130,11 +133,6 @@ def summarize(records: list[dict], config: Optional[dict] = None) -> dict[str, A
         "rollbacks": sum(1 for r in records if r.get("event") == "rollback"),
         "skipped_steps": sum(1 for r in records if r.get("event") == "nonfinite"),
     }
-
-
-def _latest_grid(run: Path) -> Optional[Path]:
-    grids = sorted((run / "samples").glob("step_*.png"))
-    return grids[-1] if grids else None
 
 
 def _figure():
@@ -322,13 +320,13 @@ def report(
     run directory is not one; the PNG is replaced atomically.
     """
 
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     _check_run(run)
-    out_path = Path(out) if out is not None else run / REPORT_FILE
+    out_path = Path(out) if out is not None else run.report
     check_output_file(out_path)
     advance = progress(_STAGES) if progress is not None else (lambda n: None)
 
-    records = read_metrics(run / "metrics.jsonl")
+    records = run.read_metrics()
     config = _read_config(run)
     summary = summarize(records, config)
     sizes = _batch_sizes(records, (config.get("train") or {}).get("batch_size"))
@@ -338,12 +336,12 @@ def report(
     axes = fig.subplots(2, 3).ravel()
     _plot_curves(axes[:4], records, summary, sizes)
     advance(1)
-    grid = _latest_grid(run)
+    grid = run.latest_sample_grid()
     _plot_samples(axes[4], grid)
     _plot_health(axes[5], records, summary)
     for ax in (*axes[:4], axes[5]):  # one step axis for every curve
         ax.set_xlim(0, max(summary["last_step"], 1))
-    fig.suptitle(_title(run, summary), fontsize=11)
+    fig.suptitle(_title(run.path, summary), fontsize=11)
     advance(1)
 
     with atomic_path(out_path) as tmp:
@@ -351,7 +349,7 @@ def report(
     advance(1)
     width, height = (int(round(v)) for v in fig.get_size_inches() * fig.dpi)
     return {
-        "run_dir": str(run),
+        "run_dir": str(run.path),
         "out": str(out_path),
         **summary,
         "sample_grid": str(grid) if grid else None,

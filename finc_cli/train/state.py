@@ -11,20 +11,25 @@ from typing import Optional
 
 import torch
 
-from finc_cli.checkpoint import load_weights
+from finc_cli.checkpoint import load_weights, read_checkpoint
 from finc_cli.config import Config
-from finc_cli.errors import CheckpointError
+from finc_cli.errors import CheckpointError, TrainingDiverged
 from finc_cli.text import first_line
 
 __all__ = [
+    "MAX_ROLLBACKS",
     "TrainState",
     "checkpoint_payload",
+    "estimated_checkpoint_bytes",
     "params_digest",
     "params_finite",
     "restore",
+    "roll_back",
     "rng_state",
     "set_rng_state",
 ]
+
+MAX_ROLLBACKS = 10  # each halves the learning rate: 2^-10 of it is no longer training
 
 
 @dataclass
@@ -112,3 +117,35 @@ def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         detail = first_line(exc)[:160]
         raise CheckpointError(f"{path}: its optimizer or training state does not fit this run ({detail})") from None
+
+
+def roll_back(state: TrainState, path: Path, model, optimizer, ema=None) -> Optional[int]:
+    """Too many bad steps in a row: reload the weights of `path` (when it exists) and halve the learning rate.
+
+    Returns the reloaded checkpoint's step. The step counter moves on (the batches that failed are not
+    retried); after MAX_ROLLBACKS this raises TrainingDiverged rather than loop forever.
+    """
+    if state.rollbacks >= MAX_ROLLBACKS:
+        raise TrainingDiverged(
+            f"training diverged: still non-finite at step {state.step} after {state.rollbacks} rollbacks; "
+            f"lower train.lr or set train.grad_clip, then --resume"
+        )
+    state.rollbacks += 1
+    state.lr_scale *= 0.5
+    state.bad_steps = 0
+    if not path.is_file():
+        return None
+    data = read_checkpoint(path)
+    model.load_state_dict(data["model"])
+    if "optimizer" in data:
+        optimizer.load_state_dict(data["optimizer"])
+    step = data.get("train_state", {}).get("step")
+    if ema is not None and "ema" in data:
+        ema.load_state_dict(data["ema"], step=step or 0)
+    return step
+
+
+def estimated_checkpoint_bytes(model, optimizer) -> int:
+    """Before the first save: the weights, plus two moment tensors per weight for Adam-like optimizers."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights * (3 if isinstance(optimizer, (torch.optim.Adam, torch.optim.Adamax, torch.optim.AdamW)) else 1)

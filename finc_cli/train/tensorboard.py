@@ -11,9 +11,8 @@ from PIL import Image
 
 from finc_cli.errors import ConfigError
 
-__all__ = ["INSTALL_HINT", "LOG_DIR", "TensorBoardLogger", "require_tensorboard"]
+__all__ = ["INSTALL_HINT", "TensorBoardLogger", "require_tensorboard"]
 
-LOG_DIR = "tensorboard"  # RUN_DIR/tensorboard holds the event files
 INSTALL_HINT = "pip install 'finc[tensorboard]' (or pip install tensorboard)"
 
 # metrics.jsonl key -> TensorBoard tag; the same numbers, so the two logs never disagree.
@@ -46,15 +45,15 @@ def require_tensorboard():
 
 
 class TensorBoardLogger:
-    """Writes RUN_DIR/tensorboard event files on rank 0.
+    """Writes the event files in `log_dir` (RunDir.tensorboard) on rank 0.
 
     A fresh run starts the folder over; a resumed one purges the events after its checkpoint's
     step, as metrics.jsonl is truncated there (docs/training.md §10).
     """
 
-    def __init__(self, run_dir: Path, step: int, fresh: bool, batch_size: int):
+    def __init__(self, log_dir: Path, step: int, fresh: bool, batch_size: int):
         writer_class = require_tensorboard()
-        log_dir = Path(run_dir) / LOG_DIR
+        log_dir = Path(log_dir)
         if fresh and log_dir.is_dir():
             shutil.rmtree(log_dir)
         self.batch_size = batch_size

@@ -11,7 +11,7 @@ from finc_cli.data.batches import fetch
 from finc_cli.model import eval_mode
 from finc_cli.runtime import distributed
 
-__all__ = ["evaluate_bpd"]
+__all__ = ["evaluate_bpd", "lower_scorer", "validation_record", "validation_scores"]
 
 
 @torch.no_grad()
@@ -46,6 +46,36 @@ def evaluate_bpd(
     if samples > 1:
         result.update(_mean_stderr(weighted, "bpd_iw"))
     return result
+
+
+def validation_scores(model, ema, ds, batch_size: int, device) -> dict:
+    """{"raw": `evaluate_bpd` of the model, and "ema": the same for the averaged weights when `ema` is kept}."""
+    scores = {"raw": evaluate_bpd(model, ds, batch_size, device)}
+    if ema is not None:
+        with ema.applied(model):
+            scores["ema"] = evaluate_bpd(model, ds, batch_size, device)
+    return scores
+
+
+def lower_scorer(scores: dict) -> str:
+    """The weights ("raw" or "ema") with the lower validation bits/dim; a tie keeps the average, NaN loses."""
+    return min(scores, key=lambda k: (_finite_or_inf(scores[k]["bpd"]), k != "ema"))
+
+
+def validation_record(step: int, scores: dict, choice: str, recon_max_err: float) -> dict:
+    """The metrics.jsonl record of a validation: the chosen weights' bits/dim, every scorer's, the health check."""
+    return {
+        "step": step,
+        "val_bpd": scores[choice]["bpd"],
+        "val_bpd_stderr": scores[choice]["bpd_stderr"],
+        "val_weights": choice,
+        **{f"val_bpd_{k}": v["bpd"] for k, v in scores.items()},
+        "recon_max_err": recon_max_err,
+    }
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
 
 
 def _mean_stderr(parts: list, name: str) -> dict:
