@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
@@ -70,7 +71,7 @@ def ckpt(tmp_path_factory):
     from finc_cli.train import train
 
     out = tmp_path_factory.mktemp("iw") / "run"
-    cfg = load_preset("digits", {"model.steps": 1, "model.hidden": 8, "train.steps": 20, "train.batch_size": 32})
+    cfg = load_preset("digits", {**TINY_MODEL, "train.steps": 20, "train.batch_size": 32})
     train(cfg, out)
     return out / "last.pt"
 
