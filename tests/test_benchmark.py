@@ -7,6 +7,7 @@ import math
 
 import pytest
 import typer
+from tiny import TINY_MODEL, TINY_SETS
 from typer.testing import CliRunner
 
 from finc_cli.bench import layer, model, report, scaling, tables, timing
@@ -74,7 +75,7 @@ def test_layer_rows_bad_input_is_a_value_error():
 
 
 def test_ft_st_rows_finc_beside_glow():
-    rows = model.ft_st_rows("digits", {"model.steps": 1, "model.hidden": 8}, [3, 1], ["wavefront"], **TINY)
+    rows = model.ft_st_rows("digits", TINY_MODEL, [3, 1], ["wavefront"], **TINY)
     assert [(r["model"], r["batch"]) for r in rows] == [("finc", 3), ("glow", 3), ("finc", 1), ("glow", 1)]
     for r in rows:
         assert all(_positive(r[k]) for k in ("ft_s", "st_s", "st_over_ft", "st_vs_glow"))
@@ -91,7 +92,7 @@ def test_conv_inverse_split_times_only_the_convolutions_and_changes_nothing(conv
     from finc_cli.model import build_model
 
     torch.manual_seed(0)
-    flow = build_model(load_preset("digits", {"model.steps": 2, "model.hidden": 8, "model.conv": conv})).eval()
+    flow = build_model(load_preset("digits", {**TINY_MODEL, "model.steps": 2, "model.conv": conv})).eval()
     sample = lambda: flow.sample(3, 1.0, torch.Generator().manual_seed(1))  # noqa: E731
     with torch.no_grad():
         before = sample()
@@ -115,7 +116,7 @@ def test_conv_inverse_split_times_only_the_convolutions_and_changes_nothing(conv
 
 def test_ft_st_rows_every_conv_with_its_inverse_backend():
     convs = ["finc", "emerging", "cinc", "none"]
-    rows = model.ft_st_rows("digits", {"model.steps": 1, "model.hidden": 8}, [2], ["wavefront"], convs=convs, **TINY)
+    rows = model.ft_st_rows("digits", TINY_MODEL, [2], ["wavefront"], convs=convs, **TINY)
     assert [(r["model"], r["conv"], r["backend"]) for r in rows] == [
         ("finc", "finc", "wavefront"),
         ("emerging", "emerging", "raster"),
@@ -220,7 +221,7 @@ def test_cli_layer_json_is_one_object(tmp_path):
 
 
 def test_cli_model_conv_option_json_and_errors():
-    tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    tiny = [*TINY_SETS, "--repeats", "1", "--warmup", "0", "--threads", "1"]
     args = ["benchmark", "model", "--preset", "digits", "--batch-size", "2", *tiny]
     result = CliRunner().invoke(_app(), [*args, "--conv", "cinc,finc", "--conv", "glow", "--json"])
     assert result.exit_code == 0, result.output
@@ -241,10 +242,7 @@ def test_cli_model_and_scaling_render_tables():
             "digits",
             "--batch-size",
             "2",
-            "--set",
-            "model.steps=1",
-            "--set",
-            "model.hidden=8",
+            *TINY_SETS,
             "--repeats",
             "1",
             "--warmup",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
 from finc_cli import __version__
 from finc_cli.checkpoint import (
@@ -27,7 +28,7 @@ from finc_cli.train.state import TrainState, checkpoint_payload, restore
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = load_preset("digits", {"model.steps": 1, "model.hidden": 8})
+    cfg = load_preset("digits", TINY_MODEL)
     torch.manual_seed(0)
     return cfg, build_model(cfg)
 
@@ -249,7 +250,7 @@ def test_latents_files_are_loaded_safely(tiny, tmp_path):
 
 
 def test_the_run_wall_time_is_saved_and_restored_and_older_checkpoints_start_at_zero():
-    cfg = load_preset("digits", {"model.steps": 1, "model.hidden": 8})
+    cfg = load_preset("digits", TINY_MODEL)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters())
     before = TrainState(step=5, wall_before_s=100.0)

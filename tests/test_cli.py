@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,10 @@ import torch
 import yaml
 from cli_run import invoke, ok
 from PIL import Image
+from tiny import TINY_ARGS as TINY
+from tiny import TINY_MODEL
 
 from finc_cli.checkpoint import read_checkpoint
-
-# Tiny: one flow step per level, width-8 couplings, three optimizer steps (~1 s on a CPU core).
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
-FLAGS = ["--lr", "0.002", "--seed", "7", "--set", "train.log_every=1", "--set", "train.eval_every=2"]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -30,10 +27,8 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "run"
-    ok(invoke("train", "--preset", "digits", "--out", out, "--steps", 3, *TINY, *FLAGS))
-    return out
+def run(trained_run) -> Path:  # three steps, lr 0.002, seed 7, log_every 1, eval_every 2 (tests/tiny.py)
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +69,8 @@ def test_train_refuses_a_non_empty_run_dir(run):
     assert (run / "last.pt").read_bytes() == before
 
 
-def test_resume_dir_and_auto_continue_training(run, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
+def test_resume_dir_and_auto_continue_training(trained_run_copy):
+    copy = trained_run_copy
     ok(invoke("train", "--resume", copy, "--steps", 5, "--quiet"))  # --resume DIR continues in DIR
     assert read_checkpoint(copy / "last.pt")["train_state"]["step"] == 5
     ok(invoke("train", "--out", copy, "--resume", "auto", "--steps", 6, "--quiet"))
@@ -88,9 +82,8 @@ def test_resume_dir_and_auto_continue_training(run, tmp_path):
     assert len(val_steps) == len(set(val_steps))
 
 
-def test_force_starts_over(run, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
+def test_force_starts_over(trained_run_copy):
+    copy = trained_run_copy
     ok(invoke("train", "--out", copy, "--force", "--steps", 1, *TINY))
     assert read_checkpoint(copy / "last.pt")["train_state"]["step"] == 1
     assert max(r["step"] for r in metrics(copy)) == 1
@@ -210,7 +203,7 @@ def test_finc_help_does_not_import_torch():
 def test_python_api_round_trip(ckpt):
     import finc_cli
 
-    cfg = finc_cli.load_preset("digits", {"model.steps": 1, "model.hidden": 8})
+    cfg = finc_cli.load_preset("digits", TINY_MODEL)
     fresh = finc_cli.build_model(cfg)
     model, loaded_cfg = finc_cli.load_checkpoint(ckpt)
     assert loaded_cfg.model == cfg.model and type(fresh) is type(model)

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from tiny import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
@@ -15,7 +16,7 @@ from finc_cli.commands.compare import COMPARE_COLUMNS, compare, compare_markdown
 from finc_cli.config import changed_keys, load_preset, parse_conv_list
 from finc_cli.errors import ConfigError, InputError
 
-TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_batch_size": 512}
+TINY = {**TINY_OVERRIDES, "train.eval_batch_size": 512}
 TIMING = {"batch": 2, "repeats": 1, "warmup": 0, "threads": 1, "recon_images": 8}
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from jacobians import dense_jacobian
+from tiny import TINY_ARGS
 
 from finc_cli.checkpoint import load_checkpoint, save_checkpoint
 from finc_cli.config import Config, ModelConfig, load_preset
@@ -200,8 +201,7 @@ def test_train_bpd_sample_invert_through_the_cli(conv, tmp_path):
         return result
 
     run = tmp_path / "run"
-    tiny = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
-    invoke("train", "--preset", "digits", "--out", run, "--steps", 2, "--set", f"model.conv={conv}", *tiny)
+    invoke("train", "--preset", "digits", "--out", run, "--steps", 2, "--set", f"model.conv={conv}", *TINY_ARGS)
     assert load_preset(run / "config.yaml").model.conv == conv
     assert load_checkpoint(run / "best.pt")[1].model.conv == conv  # the checkpoint records the choice
     bpd = json.loads(invoke("bpd", run / "best.pt", "--split", "test", "--json", "--device", "cpu").stdout)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
@@ -146,7 +147,7 @@ def test_config_checks_the_dequantization():
 @pytest.mark.slow
 def test_train_bpd_sample_invert_with_variational_dequantization(tmp_path):
     out = tmp_path / "run"
-    sets = ["model.steps=1", "model.hidden=8", "model.dequantization=variational", "model.dequant_hidden=8"]
+    sets = [*(f"{k}={v}" for k, v in TINY_MODEL.items()), "model.dequantization=variational", "model.dequant_hidden=8"]
     sets += ["train.steps=30", "train.batch_size=32", "train.eval_every=15", "train.ema_decay=0.9"]
     args = ["train", "--preset", "digits", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     result = CliRunner().invoke(app, args)

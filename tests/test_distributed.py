@@ -7,12 +7,12 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny import TINY_MODEL
 
 from finc_cli.config import load_preset
 
 TINY = {
-    "model.steps": 1,
-    "model.hidden": 8,
+    **TINY_MODEL,
     "train.batch_size": 32,
     "train.eval_batch_size": 256,
     "train.steps": 4,

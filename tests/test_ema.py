@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from tiny import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 from finc_cli.checkpoint import check_ema_weights, load_checkpoint, read_checkpoint, save_checkpoint
@@ -19,7 +20,7 @@ from finc_cli.inverse import centre_inverse
 from finc_cli.train import Reporter, TrainingInterrupted, train
 from finc_cli.train.ema import EMA
 
-TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 2, "train.log_every": 1}
+TINY = {**TINY_OVERRIDES, "train.eval_every": 2, "train.log_every": 1}
 
 
 def _cfg(**train_keys):

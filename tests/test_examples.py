@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from cli_run import invoke, ok
+from tiny import TINY_OVERRIDES, as_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP, SBATCH = ROOT / "examples" / "sweep.sh", ROOT / "examples" / "slurm.sbatch"
 FINC = Path(sys.executable).parent / "finc"
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--set", "train.batch_size=16", "--steps", "3"]
+TINY = [*as_sets(TINY_OVERRIDES), "--steps", "3"]
 
 
 def _finc_train_options(script: str) -> list[str]:

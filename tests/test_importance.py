@@ -65,14 +65,8 @@ def test_k_equal_one_is_the_bound_and_adds_nothing():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from finc_cli.config import load_preset
-    from finc_cli.train import train
-
-    out = tmp_path_factory.mktemp("iw") / "run"
-    cfg = load_preset("digits", {"model.steps": 1, "model.hidden": 8, "train.steps": 20, "train.batch_size": 32})
-    train(cfg, out)
-    return out / "last.pt"
+def ckpt(trained_run):
+    return trained_run / "last.pt"
 
 
 def test_cli_reports_both_figures(ckpt):

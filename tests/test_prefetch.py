@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from tiny import TINY_OVERRIDES
 
 from finc_cli.config import load_preset
 from finc_cli.data.augment import Augment
@@ -98,9 +99,7 @@ def _digest_and_metrics(out, workers: int, **sets) -> tuple[str, list]:
     cfg = load_preset(
         "digits",
         {
-            "model.steps": 1,
-            "model.hidden": 8,
-            "train.batch_size": 16,
+            **TINY_OVERRIDES,
             "train.steps": 6,
             "train.log_every": 2,
             "train.eval_every": 1000,

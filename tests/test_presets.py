@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from cli_run import invoke, ok
+from tiny import TINY_MODEL, TINY_SETS
 
 from finc_cli.config import list_presets, load_preset
 
@@ -48,13 +49,13 @@ def test_presets_table_names_each_preset():
     assert f"{count:,}" in out  # digits' parameter count, as the model built from the preset has
 
 
-SETS = ["--set", "model.steps=1", "--set", "model.hidden=8", "--set", "train.lr=3e-4", "--set", "train.steps=0"]
+SETS = [*TINY_SETS, "--set", "train.lr=3e-4", "--set", "train.steps=0"]
 
 
 def test_config_prints_the_resolved_config_as_yaml_and_json():
     printed = ok(invoke("config", "--preset", "digits", *SETS)).stdout
     data = yaml.safe_load(printed)
-    expected = load_preset("digits", {"model.steps": 1, "model.hidden": 8, "train.lr": 3e-4, "train.steps": 0})
+    expected = load_preset("digits", {**TINY_MODEL, "train.lr": 3e-4, "train.steps": 0})
     assert data == expected.to_dict() and data["train"]["lr"] == 3e-4 and data["model"]["hidden"] == 8
     assert data["train"]["batch_size"] == load_preset("digits").train.batch_size  # the preset's, untouched
     as_json = json.loads(ok(invoke("config", "--preset", "digits", *SETS, "--json")).stdout)

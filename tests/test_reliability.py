@@ -21,15 +21,14 @@ import pytest
 import torch
 from cli_run import invoke, ok
 from PIL import Image
+from tiny import TINY_ARGS as TINY
+from tiny import TINY_OVERRIDES
 
 import finc_cli.train as train_mod
 from finc_cli.checkpoint import read_checkpoint, save_checkpoint
 from finc_cli.config import load_preset
 from finc_cli.model import FlowModel
 from finc_cli.train.step import lr_factor
-
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
-TINY_OVERRIDES = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16}
 
 
 def one_line_error(result, code: int = 2, *words: str) -> str:
@@ -58,8 +57,8 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(run) -> Path:
-    return run / "last.pt"
+def ckpt(trained_run) -> Path:
+    return trained_run / "last.pt"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from cli_run import invoke, ok
 from PIL import Image
+from tiny import TINY_ARGS as TINY
 
 from finc_cli.checkpoint import read_checkpoint
 from finc_cli.commands.report import PANELS, report, summarize
 from finc_cli.train.run_dir import read_metrics
 
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]
 
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import TINY_ARGS as TINY_FLAGS
+from tiny import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 import finc_cli.train.saving as saving
@@ -21,8 +23,7 @@ from finc_cli.files.locking import exclusive_lock, lock_holder
 from finc_cli.train import Reporter, train
 from finc_cli.train.run_dir import RunDir
 
-TINY = {"model.steps": 1, "model.hidden": 8, "train.batch_size": 16, "train.eval_every": 1000, "train.log_every": 1}
-TINY_FLAGS = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet"]
+TINY = {**TINY_OVERRIDES, "train.eval_every": 1000, "train.log_every": 1}
 
 
 def _cfg(**train):

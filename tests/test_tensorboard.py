@@ -10,11 +10,12 @@ import pytest
 import torch
 from cli_run import invoke, ok
 from PIL import Image
+from tiny import TINY_ARGS
 
 from finc_cli.checkpoint import read_checkpoint
 from finc_cli.train.run_dir import RunDir
 
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--seed", "5"]
+TINY = [*TINY_ARGS, "--seed", "5"]
 EVERY = ["--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.sample_every=2"]
 
 

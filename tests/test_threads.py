@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from cli_run import invoke, ok
+from tiny import TINY_ARGS, TINY_OVERRIDES, as_sets
 
 from finc_cli.bench.threads import DEFAULT, parse_counts
 from finc_cli.errors import InputError
@@ -19,7 +20,7 @@ from finc_cli.runtime.threads import (
     step_work,
 )
 
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--steps", "2"]
+TINY = [*TINY_ARGS, "--steps", "2"]
 SMALL, LARGE = ONE_THREAD_BELOW / 10, ONE_THREAD_BELOW * 10
 
 
@@ -156,7 +157,7 @@ def test_parse_counts():
 @pytest.mark.slow
 def test_benchmark_threads_runs_side_by_side(tmp_path):
     args = ["--steps", 4, "--jobs", "1,2", "--threads", "1,default", "--json"]
-    args += ["--set", "model.steps=1", "--set", "model.hidden=8", "--set", "train.batch_size=16"]
+    args += as_sets(TINY_OVERRIDES)
     data = json.loads(ok(invoke("benchmark", "threads", *args)).stdout)
     rows = {(r["jobs"], r["threads"]): r for r in data["rows"]}
     assert set(rows) == {(1, 1), (1, "default"), (2, 1), (2, "default")}

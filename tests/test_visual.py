@@ -11,7 +11,6 @@ import torch
 from cli_run import invoke, ok
 from PIL import Image
 
-TINY = ["--set", "model.steps=1", "--set", "model.hidden=8", "--batch-size", "16", "--quiet", "--seed", "7"]
 CELL = 8 + 2  # an 8×8 digit and the 2 px grid padding
 
 
@@ -40,10 +39,8 @@ def as_255(x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("visual") / "run"
-    ok(invoke("train", "--preset", "digits", "--out", out, "--steps", 3, *TINY, "--set", "train.eval_every=3"))
-    return out / "best.pt"
+def ckpt(trained_run) -> Path:
+    return trained_run / "best.pt"
 
 
 @pytest.fixture(scope="module")
