@@ -500,9 +500,9 @@ def test_enospc_writing_a_sample_grid(ckpt, tmp_path, monkeypatch):
 
 
 def test_enospc_writing_individual_samples_removes_them(ckpt, tmp_path, monkeypatch):
-    from finc_cli.commands import sample as sample_command  # patched where it is called: imported earlier or not
+    from finc_cli.files import images  # `finc sample` calls its writers through this module
 
-    real, calls = sample_command.save_png, []
+    real, calls = images.save_png, []
 
     def fail_third(chw, path, scale=1):
         calls.append(path)
@@ -510,7 +510,7 @@ def test_enospc_writing_individual_samples_removes_them(ckpt, tmp_path, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(chw, path, scale)
 
-    monkeypatch.setattr(sample_command, "save_png", fail_third)
+    monkeypatch.setattr(images, "save_png", fail_third)
     one_line_error(invoke("sample", ckpt, "-n", 5, "--individual", "--out", tmp_path / "each"), 1, "No space left")
     assert not (tmp_path / "each").exists()
 
