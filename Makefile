@@ -43,7 +43,7 @@ kernels: $(STAMP)
 
 # On a GPU machine, from the source tree, with its own preinstalled torch and cupy: no install.
 gpu-check:
-	PYTHONPATH=. $(PY) -m finc_cli.bench.gpu_check --out gpu_check.json
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m finc_cli.bench.gpu_check $${OUT:+--out $$OUT/gpu_check.json}
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -227,6 +227,33 @@ def test_actnorm_init_zero_mean_unit_var():
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
 
 
+class _NoHostRead(torch.Tensor):
+    """A flag whose value must not be read on the host (on a GPU each read is a device sync)."""
+
+    def __bool__(self):
+        raise AssertionError("the forward read the initialized buffer on the host")
+
+    def item(self):
+        raise AssertionError("the forward read the initialized buffer on the host")
+
+
+def test_actnorm_forward_does_not_read_its_flag_back():
+    layer = ActNorm(3)
+    layer(torch.randn(8, 3, 4, 4))  # initialises
+    state = {name: value.clone() for name, value in layer.state_dict().items()}
+    layer.initialized = torch.tensor(True).as_subclass(_NoHostRead)
+    layer(torch.randn(8, 3, 4, 4))
+    fresh = ActNorm(3)
+    fresh.initialized = torch.tensor(False).as_subclass(_NoHostRead)
+    fresh.load_state_dict(state)  # reads the loaded flag once, here
+    before = [p.clone() for p in fresh.parameters()]
+    fresh(torch.randn(8, 3, 4, 4) + 100)  # no host read, and no re-initialisation
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+    fresh.load_state_dict({**state, "initialized": torch.tensor(False)})
+    fresh(torch.randn(8, 3, 4, 4) + 100)  # a loaded False initialises again, still without a host read
+    assert fresh.bias.mean() < -50
+
+
 def test_actnorm_no_reinit_after_load_state_dict():
     trained = ActNorm(3)
     trained(torch.randn(8, 3, 4, 4) * 3)

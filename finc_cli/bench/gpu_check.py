@@ -1,24 +1,33 @@
 """`python -m finc_cli.bench.gpu_check`: the GPU tests, then GPU timings of the FInC inverse, models and a train step.
 
 Meant for a lent GPU machine, run from the source tree with its own torch / CuPy / pytest and no
-install step (`make gpu-check`). Runs `pytest -m gpu`, then times with the shared benchmark
-timing (CUDA events, warm-up, interleaved repeats, medians): one FInC unit's forward and its
-inverse on every backend at the presets' level shapes; the cifar10 and imagenet64 models' FT and
-ST beside a same-depth Glow; one training step of the celeba64 model in float32 and bf16. Every
-fast path is checked against the wavefront inverse before it is timed. Writes JSON to --out and
-prints Markdown.
+install step (`make gpu-check`). Sections, in order of value: `pytest -m gpu` (output streamed);
+one FInC unit's forward and its inverse on every backend at the presets' level shapes; the
+cifar10 and imagenet64 models' FT and ST beside a same-depth Glow; the four `model.conv` choices
+(the paper's ST comparison); one training step of the celeba64 model in float32 and bf16. Timings
+use the shared benchmark timing (CUDA events, warm-up, interleaved repeats, medians), and every
+fast path is checked against the wavefront inverse before it is timed.
+
+Each section has its own time budget (BUDGETS_S, checked before every row); one that raises is
+recorded and the next still runs; after each, the JSON (default $OUT/gpu_check.json) is rewritten
+and the section's Markdown table printed, so a run cut short still returns what it measured. The
+exit code is 1 when anything failed. `--device cpu --dry-run` rehearses every section on tiny
+shapes (tests/test_gpu_check.py runs it with the emulated CuPy of tests/emu).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -26,14 +35,32 @@ from finc_cli.bench.model import ft_st_rows
 from finc_cli.bench.tables import markdown_table
 from finc_cli.bench.timing import environment, summarize, time_interleaved
 from finc_cli.config import load_preset
+from finc_cli.errors import InverseBackendError
+from finc_cli.files.atomic import atomic_write_text
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.inverse import cupy_backend, use_backend
 from finc_cli.inverse.cupy_backend import cupy_inverse, cupy_inverse_paper_schedule, plan_launch, shared_memory_limit
 from finc_cli.inverse.wavefront import wavefront_inverse
 from finc_cli.model import build_model
+from finc_cli.runtime.precision import use_exact_float32
 from finc_cli.text import first_line
 
-__all__ = ["conv_rows", "gpu_check", "main", "preset_rows", "render", "run_gpu_tests", "train_step_rows", "unit_rows"]
+__all__ = [
+    "BUDGETS_S",
+    "DRY_RUN",
+    "PLAN",
+    "SECTIONS",
+    "conv_rows",
+    "failures",
+    "gpu_check",
+    "main",
+    "preset_rows",
+    "render",
+    "render_section",
+    "run_gpu_tests",
+    "train_step_rows",
+    "unit_rows",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # (C, H, W) after each squeeze, 3 levels: 32×32 images (CIFAR-10, ImageNet32), then 64×64 (ImageNet64).
@@ -43,8 +70,25 @@ MODEL_PRESETS = ("cifar10", "imagenet64")
 MODEL_BATCHES = (1, 100)
 CONV_PRESET, CONV_BATCH, CONVS = "cifar10", 100, ("finc", "emerging", "cinc", "none")  # the paper's ST table
 TRAIN_PRESET, TRAIN_BATCHES, TRAIN_PRECISIONS = "celeba64", (32, 64), ("32", "bf16")
-DEADLINE_S = 7 * 60  # later sections are skipped past this (the whole check should end within ~8 min)
-CUDA = torch.device("cuda")
+SECTIONS = ("tests", "units", "models", "convs", "train")
+# Seconds per section (about 7.5 min in all, inside a 10-minute call); a row that starts past its
+# section's budget is skipped, a row already running finishes.
+BUDGETS_S = {"tests": 180, "units": 60, "models": 90, "convs": 60, "train": 60}
+PLAN = {  # what each section measures on the GPU
+    "tests": {"paths": ("tests",), "timeout_s": BUDGETS_S["tests"]},
+    "units": {"shapes": LEVEL_SHAPES, "batches": BATCHES},
+    "models": {"presets": MODEL_PRESETS, "batches": MODEL_BATCHES},
+    "convs": {"preset": CONV_PRESET, "batch": CONV_BATCH},
+    "train": {"preset": TRAIN_PRESET, "batches": TRAIN_BATCHES, "precisions": TRAIN_PRECISIONS},
+}
+TINY = {"model.levels": 2, "model.steps": 1, "model.hidden": 8}  # a digits model that builds in milliseconds
+DRY_RUN = {  # every section on tiny shapes; the inverse seam and the models on the wavefront inverse
+    "tests": {"paths": ("tests/test_gpu_inverse.py",), "timeout_s": 120},
+    "units": {"shapes": [(4, 4, 5)], "batches": (2,), "repeats": 1, "seam_backend": "wavefront"},
+    "models": {"presets": ("digits",), "batches": (2,), "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
+    "convs": {"preset": "digits", "batch": 2, "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
+    "train": {"preset": "digits", "batches": (2,), "precisions": TRAIN_PRECISIONS, "overrides": TINY},
+}
 
 UNIT_COLUMNS = [
     ("C×H×W", "shape", "s"),
@@ -98,22 +142,37 @@ TRAIN_COLUMNS = [
 ]
 
 
-def run_gpu_tests(timeout_s: int = 300) -> dict:
-    """`pytest -m gpu` in a subprocess from the repository root; its return code and summary."""
+def run_gpu_tests(paths=("tests",), timeout_s: float = 180, echo: Optional[Callable[[str], None]] = None, **_) -> dict:
+    """`pytest -m gpu` in a subprocess from the repository root, its output passed line by line to
+    `echo` as it comes; killed after `timeout_s`. Its return code, time and last lines."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests"]
-    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider", *paths]
+    start, tail = time.perf_counter(), collections.deque(maxlen=40)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if echo is not None:
+                echo(line.rstrip("\n"))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
-        output, rc = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output, rc = f"{exc.stdout or ''}\n{exc.stderr or ''}\npytest timed out after {timeout_s} s", -1
-    lines = [line for line in output.splitlines() if line.strip()]
+        rc, timed_out = proc.wait(timeout=timeout_s), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc, timed_out = proc.wait(), True
+    reader.join(timeout=5)
+    if timed_out:
+        tail.append(f"pytest timed out after {timeout_s} s")
+    lines = [line for line in tail if line.strip()]
     return {
         "returncode": rc,
+        "timed_out": timed_out,
         "seconds": round(time.perf_counter() - start, 1),
         "summary": lines[-1] if lines else "",
-        "tail": "\n".join(lines[-40:]),
+        "tail": "\n".join(lines),
     }
 
 
@@ -121,41 +180,86 @@ def _median_ms(times: dict, name: str) -> float:
     return summarize(times[name])["median"]
 
 
-def unit_rows(shapes=LEVEL_SHAPES, batches=BATCHES, kernel_size: int = 3) -> list[dict]:
-    """Per (C, H, W) and batch: forward and inverse times (ms) of one FInC unit, float32."""
+def _why(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {first_line(exc)[:200]}"
 
-    rows, limit = [], shared_memory_limit()
+
+def _late(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def _runnable(backends, device: torch.device) -> tuple:
+    """The backends to time: "cupy" dropped where CuPy cannot run (its reason is in the result)."""
+    kept = tuple(b for b in backends if b != "cupy" or cupy_backend.is_available(device))
+    return kept or ("wavefront",)
+
+
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def unit_rows(
+    shapes=LEVEL_SHAPES,
+    batches=BATCHES,
+    kernel_size: int = 3,
+    device: str = "cuda",
+    deadline: Optional[float] = None,
+    repeats: int = 30,
+    seam_backend: str = "cupy",
+) -> list[dict]:
+    """Per (C, H, W) and batch: forward and inverse times (ms) of one FInC unit, float32.
+
+    A row that cannot run says why in its note; rows past the deadline are skipped.
+    """
+    dev = torch.device(device)
+    reason = cupy_backend.unavailable_reason(dev)
+    if reason is not None:
+        raise InverseBackendError(f"CuPy cannot use {dev}: {reason}")
+    rows, limit = [], shared_memory_limit(dev)
     for batch in batches:
         for C, H, W in shapes:
-            torch.manual_seed(0)
-            layer = FInCConv2d(C, kernel_size).cuda()
-            x = torch.randn(batch, C, H, W, device=CUDA)
-            with torch.no_grad():
-                y, _ = layer(x)
-                weight, linv = layer.inverse_operator()
-                wave = wavefront_inverse(y, weight, linv)
-                fused = cupy_inverse(y, weight, linv)
-                paper = cupy_inverse_paper_schedule(y, weight, linv)
-            plan = plan_launch(batch, H, W, kernel_size, C // 4, 4, limit)
-            row = {
-                "shape": f"{C}x{H}x{W}",
-                "batch": batch,
-                "path": plan.path,
-                "threads": plan.threads,
-                "images_per_block": plan.images_per_block,
-                "max_err_cupy_vs_wavefront": (fused - wave).abs().max().item(),
-                "max_err_paper_vs_wavefront": (paper - wave).abs().max().item(),
-                "max_err_reconstruction": (fused - x).abs().max().item(),
-            }
-            row.update(_unit_times(layer, x, y))
-            row["cupy_over_forward"] = row["cupy_ms"] / row["forward_ms"]
-            row["paper_over_cupy"] = row["paper_ms"] / row["cupy_ms"]
-            row["ok"] = max(row["max_err_cupy_vs_wavefront"], row["max_err_paper_vs_wavefront"]) < 1e-3
+            row = {"shape": f"{C}x{H}x{W}", "batch": batch}
+            if _late(deadline):
+                rows.append({**row, "note": "skipped: time budget"})
+                continue
+            try:
+                row.update(_unit_row(C, H, W, batch, kernel_size, dev, limit, repeats, seam_backend))
+            except Exception as exc:  # noqa: BLE001 - e.g. a compile or launch error: reported, the next row runs
+                row.update(ok=False, note=f"failed: {_why(exc)}")
             rows.append(row)
     return rows
 
 
-def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
+def _unit_row(C, H, W, batch, kernel_size, device, limit, repeats, seam_backend) -> dict:
+    """One unit row: the kernels checked against the wavefront inverse, then timed."""
+    torch.manual_seed(0)
+    layer = FInCConv2d(C, kernel_size).to(device)
+    x = torch.randn(batch, C, H, W, device=device)
+    with torch.no_grad():
+        y, _ = layer(x)
+        weight, linv = layer.inverse_operator()
+        wave = wavefront_inverse(y, weight, linv)
+        fused = cupy_inverse(y, weight, linv)
+        paper = cupy_inverse_paper_schedule(y, weight, linv)
+    plan = plan_launch(batch, H, W, kernel_size, C // 4, 4, limit)
+    row = {
+        "path": plan.path,
+        "threads": plan.threads,
+        "images_per_block": plan.images_per_block,
+        "max_err_cupy_vs_wavefront": (fused - wave).abs().max().item(),
+        "max_err_paper_vs_wavefront": (paper - wave).abs().max().item(),
+        "max_err_reconstruction": (fused - x).abs().max().item(),
+    }
+    row.update(_unit_times(layer, x, y, device, repeats, seam_backend))
+    row["cupy_over_forward"] = row["cupy_ms"] / row["forward_ms"]
+    row["paper_over_cupy"] = row["paper_ms"] / row["cupy_ms"]
+    row["ok"] = max(row["max_err_cupy_vs_wavefront"], row["max_err_paper_vs_wavefront"]) < 1e-3
+    return row
+
+
+def _unit_times(layer, x: torch.Tensor, y: torch.Tensor, device, repeats: int, seam_backend: str) -> dict:
     """{name_ms: median}: the unit's forward, its inverse through the seam on each backend, and the raw kernels."""
 
     def inverse_on(backend):
@@ -165,97 +269,122 @@ def _unit_times(layer, x: torch.Tensor, y: torch.Tensor) -> dict:
     weight, linv = layer.inverse_operator()
     variants = {
         "forward": lambda: layer(x),
-        "cupy": lambda: inverse_on("cupy"),
+        "cupy": lambda: inverse_on(seam_backend),
         "cupy_kernel": lambda: cupy_inverse(y, weight, linv),
         "wavefront": lambda: inverse_on("wavefront"),
         "paper": lambda: cupy_inverse_paper_schedule(y, weight, linv),
     }
-    times = time_interleaved(variants, repeats=30, warmup=3, device=CUDA, budget_s=0.5)
+    times = time_interleaved(variants, repeats=repeats, warmup=min(3, repeats), device=device, budget_s=0.5)
     return {f"{name}_ms": _median_ms(times, name) for name in variants}
 
 
-def preset_rows(presets=MODEL_PRESETS, batches=MODEL_BATCHES, deadline: Optional[float] = None) -> list[dict]:
+def preset_rows(
+    presets=MODEL_PRESETS,
+    batches=MODEL_BATCHES,
+    deadline: Optional[float] = None,
+    device: str = "cuda",
+    overrides: Optional[dict] = None,
+    backends=("cupy", "wavefront"),
+    repeats: int = 5,
+) -> list[dict]:
     """Per preset and batch: FT and ST (cupy and wavefront inverse) of FInC and the same-depth Glow, in ms."""
 
-    rows = []
+    rows, dev = [], torch.device(device)
     for preset in presets:
-        if deadline is not None and time.perf_counter() > deadline:
+        if _late(deadline):
             rows.append({"preset": preset, "note": "skipped: time budget"})
             continue
         try:
-            found = ft_st_rows(preset, {}, batches, ("cupy", "wavefront"), "cuda", repeats=5, warmup=2, threads=0)
-            err = _unit_error(preset)
+            found = ft_st_rows(
+                preset, overrides, batches, _runnable(backends, dev), device, repeats=repeats, warmup=2, threads=0
+            )
+            err = _unit_error(preset, overrides, dev, _runnable(backends, dev)[0])
         except Exception as exc:  # noqa: BLE001 - reported in the table; the check goes on
-            rows.append({"preset": preset, "note": f"failed: {type(exc).__name__}: {exc}"})
+            rows.append({"preset": preset, "note": f"failed: {_why(exc)}"})
             continue
         for r in found:
             r.update(ft_ms=1e3 * r["ft_s"], st_ms=1e3 * r["st_s"], max_unit_err=err if r["model"] == "finc" else None)
         rows += found
-        torch.cuda.empty_cache()
+        _release(dev)
     return rows
 
 
-def conv_rows(preset=CONV_PRESET, batch=CONV_BATCH, deadline: Optional[float] = None) -> list[dict]:
+def conv_rows(
+    preset=CONV_PRESET,
+    batch=CONV_BATCH,
+    deadline: Optional[float] = None,
+    device: str = "cuda",
+    overrides: Optional[dict] = None,
+    backends=("cupy",),
+    repeats: int = 3,
+) -> list[dict]:
     """The paper's sampling comparison on this GPU: FT, ST and the k×k inverses' share of ST for every
     `model.conv` (FInC on the cupy backend; Emerging and CInC in their raster schedules), in ms."""
 
-    if deadline is not None and time.perf_counter() > deadline:
+    if _late(deadline):
         return [{"preset": preset, "note": "skipped: time budget"}]
     try:
-        rows = ft_st_rows(preset, {}, (batch,), ("cupy",), "cuda", repeats=3, warmup=1, threads=0, convs=CONVS)
+        backends = _runnable(backends, torch.device(device))
+        rows = ft_st_rows(
+            preset, overrides, (batch,), backends, device, repeats=repeats, warmup=1, threads=0, convs=CONVS
+        )
     except Exception as exc:  # noqa: BLE001 - reported in the table; the check goes on
-        return [{"preset": preset, "note": f"failed: {type(exc).__name__}: {exc}"}]
+        return [{"preset": preset, "note": f"failed: {_why(exc)}"}]
     for r in rows:
         r.update(ft_ms=1e3 * r["ft_s"], st_ms=1e3 * r["st_s"], conv_inverse_ms=1e3 * r["conv_inverse_s"])
-    torch.cuda.empty_cache()
+    _release(torch.device(device))
     return rows
 
 
-def _unit_error(preset: str) -> float:
-    """Worst per-unit reconstruction error of the preset's FInC model (random weights) on the cupy inverse."""
+def _unit_error(preset: str, overrides: Optional[dict], device: torch.device, backend: str) -> float:
+    """Worst per-unit reconstruction error of the preset's FInC model (random weights) on `backend`."""
 
     torch.manual_seed(0)
-    model = build_model(load_preset(preset)).cuda()
-    x = torch.randint(0, model.bins, (16, *model.image_shape), dtype=torch.uint8, device=CUDA)
+    model = build_model(load_preset(preset, overrides)).to(device)
+    x = torch.randint(0, model.bins, (16, *model.image_shape), dtype=torch.uint8, device=device)
     model.initialize(x)
     model.eval()
-    with use_backend("cupy"):
+    with use_backend(backend):
         return max((r["max_abs_err"] for r in model.reconstruction_report(x)), default=0.0)
 
 
 def train_step_rows(
-    preset=TRAIN_PRESET, batches=TRAIN_BATCHES, precisions=TRAIN_PRECISIONS, deadline: Optional[float] = None
+    preset=TRAIN_PRESET,
+    batches=TRAIN_BATCHES,
+    precisions=TRAIN_PRECISIONS,
+    deadline: Optional[float] = None,
+    device: str = "cuda",
+    overrides: Optional[dict] = None,
 ) -> list[dict]:
     """One optimizer step (forward, backward, Adam) of the preset's model on random images.
 
     Rows: median ms per step, images/s and peak GPU memory, per precision and batch size.
     """
 
-    rows = []
+    rows, dev = [], torch.device(device)
     for precision in precisions:
         for batch in batches:
             row = {"preset": preset, "precision": precision, "batch": batch}
-            if deadline is not None and time.perf_counter() > deadline:
+            if _late(deadline):
                 rows.append({**row, "note": "skipped: time budget"})
                 continue
             try:
                 torch.manual_seed(0)
-                model = build_model(load_preset(preset)).cuda()
+                model = build_model(load_preset(preset, overrides)).to(dev)
                 model.set_autocast(torch.bfloat16 if precision == "bf16" else None)
-                x = torch.randint(0, model.bins, (batch, *model.image_shape), dtype=torch.uint8, device=CUDA)
+                x = torch.randint(0, model.bins, (batch, *model.image_shape), dtype=torch.uint8, device=dev)
                 model.initialize(x)
-                ms = _train_step_ms(model, x)
-                row.update(
-                    step_ms=ms, images_per_s=batch / (ms / 1e3), peak_gib=torch.cuda.max_memory_allocated() / 2**30
-                )
+                ms = _train_step_ms(model, x, dev)
+                peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+                row.update(step_ms=ms, images_per_s=batch / (ms / 1e3), peak_gib=peak)
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, the check goes on
-                row["note"] = f"failed: {type(exc).__name__}: {first_line(exc)[:120]}"
+                row["note"] = f"failed: {_why(exc)}"
             rows.append(row)
-            torch.cuda.empty_cache()
+            _release(dev)
     return rows
 
 
-def _train_step_ms(model, x: torch.Tensor) -> float:
+def _train_step_ms(model, x: torch.Tensor, device: torch.device) -> float:
     """Median ms of zero_grad, forward (bits/dim), backward and an Adam step; peak memory counted from here."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -264,83 +393,149 @@ def _train_step_ms(model, x: torch.Tensor) -> float:
         model(x).mean().backward()
         optimizer.step()
 
-    torch.cuda.reset_peak_memory_stats()
-    return _median_ms(time_interleaved({"step": step}, repeats=5, warmup=2, device=CUDA), "step")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_interleaved({"step": step}, repeats=5, warmup=2, device=device, grad=True)
+    return _median_ms(times, "step")
+
+
+ENVIRONMENT_KEYS = (
+    "date",
+    "gpu",
+    "capability",
+    "driver",
+    "cuda_driver_api",
+    "cuda_runtime",
+    "torch",
+    "cuda",
+    "cupy",
+    "nvrtc",
+    "python",
+)
+TABLES = {
+    "units": ("One FInC unit, float32, k = 3 (ms, CUDA-event medians)", UNIT_COLUMNS),
+    "models": ("Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
+    "convs": ("Invertible convolutions, the paper's ST comparison (ms, CUDA-event medians)", CONV_COLUMNS),
+    "train": ("One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
+}
+
+
+def render_section(name: str, result: dict) -> str:
+    """One section of the result as Markdown: its table, the test summary, or why it failed."""
+    failure = result.get("failures", {}).get(name)
+    if failure:
+        return f"### {name}: failed\n\n{failure['error']}"
+    if name == "tests" and result.get("tests"):
+        tests = result["tests"]
+        return f"GPU tests (pytest -m gpu): rc={tests['returncode']} in {tests['seconds']} s: {tests['summary']}"
+    if name in TABLES and result.get(name):
+        title, columns = TABLES[name]
+        return f"### {title}\n\n{markdown_table(columns, result[name])}"
+    return ""
 
 
 def render(result: dict) -> str:
     env = result["environment"]
     out = ["## GPU check", ""]
-    keys = (
-        "date",
-        "gpu",
-        "capability",
-        "driver",
-        "cuda_driver_api",
-        "cuda_runtime",
-        "torch",
-        "cuda",
-        "cupy",
-        "nvrtc",
-        "python",
-    )
-    out += [f"- {key}: {env.get(key)}" for key in keys]
-    tests = result.get("tests")
-    if tests:
-        out += ["", f"GPU tests (pytest -m gpu): rc={tests['returncode']} in {tests['seconds']} s: {tests['summary']}"]
-    sections = (
-        ("units", "One FInC unit, float32, k = 3 (ms, CUDA-event medians)", UNIT_COLUMNS),
-        ("models", "Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
-        ("convs", "Invertible convolutions, the paper's ST comparison (ms, CUDA-event medians)", CONV_COLUMNS),
-        ("train", "One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
-    )
-    for key, title, columns in sections:
-        if result.get(key):
-            out += ["", f"### {title}", "", markdown_table(columns, result[key])]
+    out += [f"- {key}: {env.get(key)}" for key in ENVIRONMENT_KEYS]
+    if result.get("cupy_unavailable"):
+        out.append(f"- CuPy unavailable: {result['cupy_unavailable']}")
+    out += ["\n" + text for text in map(lambda name: render_section(name, result), SECTIONS) if text]
     return "\n".join(out)
 
 
-def gpu_check(out: Path, tests: bool = True, models: bool = True, train: bool = True) -> dict:
-    """Run everything; returns the result dict (also written to `out` as JSON)."""
+def _runner(name: str) -> Callable[..., object]:
+    """The function behind a section (looked up when it runs)."""
+    return {
+        "tests": run_gpu_tests,
+        "units": unit_rows,
+        "models": preset_rows,
+        "convs": conv_rows,
+        "train": train_step_rows,
+    }[name]
+
+
+def _write(out: Path, result: dict) -> None:
+    atomic_write_text(out, json.dumps(result, indent=2, default=str))
+
+
+def gpu_check(
+    out: Path,
+    device: str = "cuda",
+    dry_run: bool = False,
+    skip: Iterable[str] = (),
+    echo: Optional[Callable[[str], None]] = None,
+) -> dict:
+    """Run every section not in `skip`, each within its own time budget; returns the result dict.
+
+    After every section the result so far is written to `out` (atomically) and the section's
+    table is passed to `echo`, so a run cut short still leaves what it measured. A section that
+    raises is recorded under "failures" and the next one runs. `dry_run`: tiny shapes (DRY_RUN).
+    """
     started = time.perf_counter()
-    deadline = started + DEADLINE_S
-    result: dict = {"environment": environment("cuda" if torch.cuda.is_available() else "cpu")}
-    if tests:
-        result["tests"] = run_gpu_tests()
-    if not torch.cuda.is_available():
-        result["error"] = "no CUDA device: torch.cuda.is_available() is False"
-    else:
-        reason = cupy_backend.unavailable_reason("cuda")
-        if reason is not None:
-            result["error"] = f"CuPy cannot use this GPU: {reason}"
-        else:
-            result["units"] = unit_rows()
-        if models:
-            result["models"] = preset_rows(deadline=deadline)
-            result["convs"] = conv_rows(deadline=deadline)
-        if train:
-            result["train"] = train_step_rows(deadline=deadline)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    plan = DRY_RUN if dry_run else PLAN
+    dev = torch.device(device)
+    result: dict = {
+        "environment": environment(device),
+        "cupy_unavailable": cupy_backend.unavailable_reason(dev),
+        "dry_run": dry_run,
+        "failures": {},
+    }
+    if dev.type == "cuda":
+        use_exact_float32()  # docs/inverse.md, "Precision on the GPU"
+    if echo is not None:
+        echo(render(result))
+    for name in (s for s in SECTIONS if s not in set(skip)):
+        begin = time.perf_counter()
+        kwargs = dict(plan[name], device=device, deadline=begin + BUDGETS_S[name])
+        try:
+            result[name] = _runner(name)(**kwargs, **({"echo": echo} if name == "tests" else {}))
+        except Exception as exc:  # noqa: BLE001 - recorded; the next section still runs
+            result["failures"][name] = {"error": _why(exc), "traceback": traceback.format_exc()[-4000:]}
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        _write(out, result)
+        if echo is not None:
+            echo("\n" + render_section(name, result))
     return result
+
+
+def failures(result: dict) -> list[str]:
+    """Every failure in a result, one line each: failed sections, failed rows, failed or timed-out tests."""
+    lines = [f"{name}: {failure['error']}" for name, failure in result.get("failures", {}).items()]
+    tests = result.get("tests") or {}
+    if tests.get("returncode", 0) != 0:
+        lines.append(f"tests: pytest exited {tests['returncode']}: {tests['summary']}")
+    for name in TABLES:
+        for row in result.get(name) or []:
+            note = str(row.get("note") or "")
+            if note.startswith("failed") or row.get("ok") is False:
+                lines.append(f"{name}: {row.get('preset') or row.get('shape')}: {note or 'inverse error above 1e-3'}")
+    return lines
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finc_cli.bench.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON results path")
+    default_out = Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else Path("gpu_check.json")
+    parser.add_argument("--out", type=Path, default=default_out, help="JSON path (default: $OUT/gpu_check.json)")
+    parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (with --dry-run: a rehearsal)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes: every section in seconds")
     parser.add_argument("--no-tests", action="store_true", help="skip `pytest -m gpu`")
     parser.add_argument("--no-models", action="store_true", help="skip the model timings")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timings")
     args = parser.parse_args(argv)
-    result = gpu_check(args.out, tests=not args.no_tests, models=not args.no_models, train=not args.no_train)
-    print(render(result))
-    if result.get("tests") and result["tests"]["returncode"] != 0:
-        print("\nGPU tests failed:\n" + result["tests"]["tail"], file=sys.stderr)
-    if result.get("error"):
-        print(f"\nerror: {result['error']}", file=sys.stderr)
-    failed = bool(result.get("error")) or (result.get("tests") or {}).get("returncode", 0) != 0
-    failed = failed or not all(row.get("ok", True) for row in result.get("units", []))
-    return 1 if failed else 0
+    skip = [name for name, off in (("tests", args.no_tests), ("train", args.no_train)) if off]
+    skip += ["models", "convs"] if args.no_models else []
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: no CUDA device: torch.cuda.is_available() is False (use --device cpu --dry-run)", file=sys.stderr)
+        return 2
+    result = gpu_check(args.out, args.device, args.dry_run, skip, echo=lambda text: print(text, flush=True))
+    if result["cupy_unavailable"]:
+        print(f"\nCuPy unavailable: {result['cupy_unavailable']}", flush=True)
+    problems = failures(result)
+    for line in problems:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"\nresults: {args.out}", flush=True)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

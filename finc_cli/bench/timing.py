@@ -76,15 +76,17 @@ def time_interleaved(
     warmup: int = 1,
     device: torch.device = torch.device("cpu"),
     budget_s: Optional[float] = None,
+    grad: bool = False,
 ) -> dict[str, list[float]]:
     """{name: [seconds per call]}: variants run round-robin inside each repeat.
 
     With `budget_s`, a variant whose last warm-up call took t gets min(repeats, budget_s / t)
     repeats (at least one), and no further repeat once its timed calls add up to budget_s, so a
-    slow sequential baseline cannot stall the run.
+    slow sequential baseline cannot stall the run. The calls run without autograd unless `grad`
+    (a training step's backward needs it).
     """
     last: dict[str, float] = {}
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         sync(device)
         for _ in range(warmup):
             for name, fn in variants.items():

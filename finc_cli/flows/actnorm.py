@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -20,6 +22,11 @@ class ActNorm(Flow):
     unit variance per channel over batch×H×W. The "initialized" flag is a buffer, so it travels
     with the state dict: a reloaded checkpoint never re-initialises. Under torch.distributed the
     statistics are all-reduced (sums and counts), so every rank gets identical parameters.
+
+    The forward reads a host copy of the flag (`_ready`), set on initialisation and on loading a
+    state dict (`.to()` leaves the buffer's value as it is), so a training step on a GPU does not
+    wait for the device to send a flag back. Until one of those has happened the copy is unknown
+    and the first training forward reads the buffer once (a caller may have written it directly).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -28,6 +35,7 @@ class ActNorm(Flow):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))  # (1, C, 1, 1)
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))  # (1, C, 1, 1), log|scale|
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready: Optional[bool] = None  # the buffer's value on the host; None: not known yet
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -46,14 +54,24 @@ class ActNorm(Flow):
         self.bias.copy_((-mean).view(1, -1, 1, 1))
         self.log_scale.copy_((-torch.log(std + self.eps)).view(1, -1, 1, 1))
         self.initialized.fill_(True)
+        self._ready = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        flag = state_dict.get(prefix + "initialized")
+        if flag is not None:
+            self._ready = bool(flag)  # one host read per load, not per forward
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:
         hw = x.shape[2] * x.shape[3]
         return (hw * self.log_scale.sum()).to(x.dtype).expand(x.shape[0])  # (B,)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._ready:
+            if self._ready is None:
+                self._ready = bool(self.initialized)  # once per layer, not once per step
+            if not self._ready:
+                self.initialize(x)
         y = (x + self.bias) * torch.exp(self.log_scale)
         return y, self._logdet(x)
 

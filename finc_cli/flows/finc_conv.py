@@ -11,6 +11,7 @@ from torch import nn
 from finc_cli import inverse
 from finc_cli.flows.base import Flow, zeros_logdet
 from finc_cli.flows.conv_init import conv_init_scale, draw_conv_weight
+from finc_cli.runtime.precision import exact_float32_convs
 
 __all__ = [
     "finc_conv2d",
@@ -34,10 +35,11 @@ def finc_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     G, Cg, _, k, _ = weight.shape
     kernels = (weight[0], weight[1].flip(-1), weight[2].flip(-2), weight[3].flip(-2, -1))
-    outs = [
-        F.conv2d(F.pad(x[:, g * Cg : (g + 1) * Cg], pad), kernels[g])  # (B, C', H, W)
-        for g, pad in enumerate(_pads(k))
-    ]
+    with exact_float32_convs():  # TF32 would keep ~10 mantissa bits: no inverse could undo that exactly
+        outs = [
+            F.conv2d(F.pad(x[:, g * Cg : (g + 1) * Cg], pad), kernels[g])  # (B, C', H, W)
+            for g, pad in enumerate(_pads(k))
+        ]
     return torch.cat(outs, dim=1)  # (B, C, H, W)
 
 
