@@ -10,7 +10,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from finc_cli.bench import data as bench
+from finc_cli.bench import data_throughput as throughput
+from finc_cli.bench.data_memory import pss_rows
+from finc_cli.bench.data_sources import source_check_rows
+from finc_cli.bench.data_synthetic import ensure, write_synthetic
+from finc_cli.bench.data_training import data_wait_rows
 from finc_cli.cli.benchmark import register
 from finc_cli.data.batches import step_batch
 from finc_cli.data.cache import MappedImages
@@ -50,8 +54,8 @@ def _positive(value) -> bool:
 def root(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench-data")
     for fmt in QUICK:
-        bench.ensure(fmt, folder, N)
-    bench.write_synthetic("celeba64", folder / "celeba64", N)  # prepared by the tests that need it
+        ensure(fmt, folder, N)
+    write_synthetic("celeba64", folder / "celeba64", N)  # prepared by the tests that need it
     return folder
 
 
@@ -84,30 +88,30 @@ def test_celeba_jpegs_are_the_real_size(root):
 
 
 def test_a_complete_set_is_kept_and_a_changed_one_rewritten(tmp_path):
-    first = bench.write_synthetic("cifar10", tmp_path, 20)
+    first = write_synthetic("cifar10", tmp_path, 20)
     assert first["written"] and first["bytes"] > 0
-    assert not bench.write_synthetic("cifar10", tmp_path, 20)["written"]
+    assert not write_synthetic("cifar10", tmp_path, 20)["written"]
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])  # cut short
-    assert bench.write_synthetic("cifar10", tmp_path, 20)["written"]
-    assert bench.write_synthetic("cifar10", tmp_path, 30)["written"]  # another size
+    assert write_synthetic("cifar10", tmp_path, 20)["written"]
+    assert write_synthetic("cifar10", tmp_path, 30)["written"]  # another size
     assert len(read_split("cifar10", "test", tmp_path)) == max(2, 30 // 8)
 
 
 def test_digits_needs_no_writing_and_unknown_formats_are_refused(tmp_path):
     from finc_cli.errors import InputError
 
-    assert not bench.write_synthetic("digits", tmp_path, 10)["written"]
+    assert not write_synthetic("digits", tmp_path, 10)["written"]
     assert not any(tmp_path.iterdir())
     with pytest.raises(InputError, match="no synthetic writer"):
-        bench.write_synthetic("svhn", tmp_path, 10)
+        write_synthetic("svhn", tmp_path, 10)
 
 
 @pytest.mark.parametrize("source", ["sources", "cache"])
 @pytest.mark.parametrize("fmt", EVERY)
 def test_measure_returns_a_row(root, fmt, source):
-    setup = bench.ensure(fmt, root, N)
-    row = bench.measure(fmt, source, setup["data_dir"], setup["cache_dir"], 3, 1, 8, 0, hflip=True, translate=2)
+    setup = ensure(fmt, root, N)
+    row = throughput.measure(fmt, source, setup["data_dir"], setup["cache_dir"], 3, 1, 8, 0, hflip=True, translate=2)
     assert ROW_KEYS <= set(row)
     assert (row["format"], row["source"], row["batch"], row["augment"]) == (fmt, source, 8, "flip, ±2 px")
     assert (row["reads"] == "memory-mapped .npy") == (source == "cache")
@@ -117,7 +121,7 @@ def test_measure_returns_a_row(root, fmt, source):
 
 @pytest.mark.parametrize("fmt", EVERY)
 def test_the_cache_gives_the_same_batches_as_the_sources(root, fmt):
-    setup = bench.ensure(fmt, root, N)
+    setup = ensure(fmt, root, N)
     kw = dict(train_transform=True, hflip=True, translate=2, cache_dir=setup["cache_dir"])
     ds = {c: get_dataset(fmt, "train", setup["data_dir"], use_cache=c, **kw) for c in (False, True)}
     assert isinstance(ds[True], MappedImages) and not isinstance(ds[False], MappedImages)
@@ -127,7 +131,7 @@ def test_the_cache_gives_the_same_batches_as_the_sources(root, fmt):
 
 
 def test_cli_json_is_one_object(root, monkeypatch):
-    monkeypatch.setattr(bench, "measure_fresh", bench.measure)  # the fresh processes are the slow test's
+    monkeypatch.setattr(throughput, "measure_fresh", throughput.measure)  # the fresh processes are the slow test's
     args = ["benchmark", "data", "--root", str(root), "--formats", "digits,imagenet64", "--imagenet-images", str(N)]
     args += ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--workers", "0", "--repeats", "1"]
     args += ["--no-pss", "--no-train"]
@@ -158,23 +162,23 @@ def test_cli_refuses_an_unknown_format(root):
 def test_noise_on_the_device_leaves_it_out_of_the_batches(root, monkeypatch):
     """What `measure` times with noise='device' is what GPU training's prefetcher makes: batches without noise."""
     made = []
-    real = bench.step_batch  # the name `measure` calls
+    real = step_batch
 
     def spy(*args, **kw):
         made.append(real(*args, **kw))
         return made[-1]
 
-    monkeypatch.setattr(bench, "step_batch", spy)
-    setup = bench.ensure("imagenet64", root, N)
-    row = bench.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="device")
+    monkeypatch.setattr(throughput, "step_batch", spy)  # the name `measure` calls
+    setup = ensure("imagenet64", root, N)
+    row = throughput.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="device")
     assert row["noise"] == "device" and made and all(b.noise is None for b in made)
     with pytest.raises(ValueError, match="noise"):
-        bench.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="gpu")
+        throughput.measure("imagenet64", "cache", setup["data_dir"], setup["cache_dir"], 2, 1, 8, 0, noise="gpu")
 
 
 @pytest.mark.slow
 def test_data_rows_measure_in_fresh_processes(root):
-    rows = bench.data_rows(
+    rows = throughput.data_rows(
         ["celeba64"], root, steps=2, warmup=1, batch_size=8, workers_list=(0, 2), images={"celeba64": N}
     )
     assert [(r["source"], r["workers"]) for r in rows] == [("sources", 0), ("sources", 2), ("cache", 0), ("cache", 2)]
@@ -185,7 +189,7 @@ def test_data_rows_measure_in_fresh_processes(root):
 
 @pytest.mark.slow
 def test_pss_rows_on_a_tiny_set(root):
-    rows = bench.pss_rows(root, N, processes=2)
+    rows = pss_rows(root, N, processes=2)
     assert [(r["source"], r["process"]) for r in rows] == [
         ("cache", "0"),
         ("cache", "1"),
@@ -202,21 +206,21 @@ def test_pss_rows_on_a_tiny_set(root):
 
 
 @pytest.mark.slow
-def test_train_rows_report_the_data_share(root):
-    rows = bench.train_rows(root, N, steps=4, batch_size=8, log_every=2, runs=(("cache", 0), ("sources", 2)))
+def test_data_wait_rows_report_the_data_share(root):
+    rows = data_wait_rows(root, N, steps=4, batch_size=8, log_every=2, runs=(("cache", 0), ("sources", 2)))
     assert [(r["source"], r["workers"]) for r in rows] == [("cache", 0), ("sources", 2)]
     for r in rows:
         assert _positive(r["compute_s"]) and r["data_s"] >= 0 and 0 <= r["data_share"] < 1 and r["intervals"] == 1
 
 
 def test_source_check_rows_time_every_file_of_a_celeba_folder(tmp_path):
-    (row,) = bench.source_check_rows(tmp_path, repeats=2, files=40)
+    (row,) = source_check_rows(tmp_path, repeats=2, files=40)
     assert row["files"] == 40 + 1 and row["repeats"] == 2  # every image and the partition file
     assert 0 < row["check_s_min"] <= row["check_s"] <= row["check_s_max"]
     counts = [len(read_split("celeba64", split, tmp_path / "celeba64-files")) for split in ("train", "val", "test")]
     assert counts == [32, 4, 4]
     assert get_dataset("celeba64", "val", tmp_path / "celeba64-files", use_cache=False)[0].shape == (3, 64, 64)
-    again = bench.source_check_rows(tmp_path, repeats=1, files=40)[0]
+    again = source_check_rows(tmp_path, repeats=1, files=40)[0]
     assert again["write_s"] == 0.0, "a complete folder is kept"
 
 

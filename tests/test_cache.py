@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_datasets import _pattern, _rows, _write_celeba, _write_pickle
+from test_datasets import _pattern, _write_celeba
 from typer.testing import CliRunner
 
 from finc_cli.cli.main import app
 from finc_cli.data import cache
 from finc_cli.data.cache import MappedImages, check, prepare, resolve_cache_dir
 from finc_cli.data.datasets import read_split
+from finc_cli.data.formats.cifar10 import write_cifar10
 from finc_cli.data.load import get_dataset
 from finc_cli.errors import LockError
 from finc_cli.files.locking import exclusive_lock
@@ -26,10 +27,7 @@ from finc_cli.files.locking import exclusive_lock
 
 @pytest.fixture
 def cifar(tmp_path):
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    for k in range(1, 6):
-        _write_pickle(folder / f"data_batch_{k}", {b"labels": [0] * 3, b"data": _rows(_pattern(3, 3, 32, offset=k))})
-    _write_pickle(folder / "test_batch", {b"labels": [1] * 4, b"data": _rows(_pattern(4, 3, 32, offset=9))})
+    write_cifar10(tmp_path / "data", _pattern(15, 3, 32), _pattern(4, 3, 32, offset=9))
     return tmp_path / "data", tmp_path / "cache"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,11 @@ import torch
 
 from finc_cli.data.augment import Augment
 from finc_cli.data.datasets import DATASETS, dataset_info, resolve_data_dir
+from finc_cli.data.formats.batch_files import to_rows, write_pickle
+from finc_cli.data.formats.celeba import write_celeba
+from finc_cli.data.formats.cifar10 import write_cifar10
+from finc_cli.data.formats.imagenet import write_imagenet
+from finc_cli.data.formats.mnist import write_idx, write_mnist
 from finc_cli.data.load import get_dataset
 from finc_cli.errors import DatasetError
 
@@ -25,91 +29,37 @@ def _pattern(n: int, c: int, s: int, offset: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# writers of each format
-
-
-def _write_idx(path: Path, images: np.ndarray, magic: int = 2051, gz: bool = False, cut: int = 0) -> Path:
-    n, _, h, w = images.shape
-    raw = struct.pack(">iiii", magic, n, h, w) + images.tobytes()
-    raw = raw[: len(raw) - cut]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        with gzip.open(path, "wb") as f:
-            f.write(raw)
-    else:
-        path.write_bytes(raw)
-    return path
-
-
-def _write_pickle(path: Path, obj: object, protocol: int = 2) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=protocol)
-
-
-def _rows(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1)  # (N, C, S, S) -> (N, C·S·S): R, G, B planes in order
+# tiny sets, written by each format's own writer
 
 
 @pytest.fixture
 def mnist_root(tmp_path):
     train, test = _pattern(12, 1, 28), _pattern(4, 1, 28, offset=3)
-    raw = tmp_path / "MNIST" / "raw"
-    _write_idx(raw / "train-images-idx3-ubyte", train, gz=True)
-    _write_idx(raw / "t10k-images-idx3-ubyte", test)
+    write_mnist(tmp_path, train, test, gz=True)  # as distributed
     return tmp_path, train, test
 
 
 @pytest.fixture
 def cifar_root(tmp_path):
-    batches = [_pattern(3, 3, 32, offset=k) for k in range(5)]
-    test = _pattern(4, 3, 32, offset=9)
-    folder = tmp_path / "cifar-10-batches-py"
-    for k, b in enumerate(batches, start=1):
-        _write_pickle(folder / f"data_batch_{k}", {b"batch_label": b"x", b"labels": [0] * 3, b"data": _rows(b)})
-    _write_pickle(folder / "test_batch", {b"labels": [1] * 4, b"data": _rows(test)})
-    return tmp_path, np.concatenate(batches), test
+    train, test = _pattern(15, 3, 32), _pattern(4, 3, 32, offset=9)
+    write_cifar10(tmp_path, train, test)
+    return tmp_path, train, test
 
 
 def _write_imagenet(root: Path, size: int, npz: bool, single_folder: bool = False):
-    # batches 1, 2 and 10: numeric order must put 10 last
-    batches = {k: _pattern(4, 3, size, offset=k) for k in (10, 1, 2)}
-    val = _pattern(3, 3, size, offset=50)
-    suffix = "_npz" if npz else ""
-    train_dir = root / (f"imagenet{size}" if single_folder else f"Imagenet{size}_train{suffix}")
-    val_dir = root / (f"imagenet{size}" if single_folder else f"Imagenet{size}_val{suffix}")
-    for d in (train_dir, val_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    for k, b in batches.items():
-        if npz:
-            np.savez(train_dir / f"train_data_batch_{k}.npz", data=_rows(b), labels=np.arange(4))
-        else:
-            _write_pickle(
-                train_dir / f"train_data_batch_{k}", {"data": _rows(b), "labels": [1] * 4, "mean": b.mean(0)}, 4
-            )
-    if npz:
-        np.savez(val_dir / "val_data.npz", data=_rows(val), labels=np.arange(3))
-    else:
-        _write_pickle(val_dir / "val_data", {"data": _rows(val), "labels": [2] * 3}, 5)
-    return np.concatenate([batches[1], batches[2], batches[10]]), val
+    """12 training images in batches 1..10 (numeric order must put 10 last) and 3 validation images."""
+    train, val = _pattern(12, 3, size), _pattern(3, 3, size, offset=50)
+    write_imagenet(root, size, np.array_split(train, 10), val, npz=npz, one_folder=single_folder)
+    return train, val
 
 
 def _write_celeba(root: Path, n_train: int = 12, n_val: int = 2, n_test: int = 4) -> tuple[Path, list[str]]:
-    from PIL import Image
-
-    folder = root / "celeba"
-    (folder / "img_align_celeba").mkdir(parents=True)
-    names, lines = [], []
+    """Random JPEGs of CelebA's aligned size (H 218, W 178) in the CelebA layout: (celeba folder, file names)."""
+    codes = [0] * n_train + [1] * n_val + [2] * n_test
     rng = np.random.default_rng(0)
-    for i, code in enumerate([0] * n_train + [1] * n_val + [2] * n_test, start=1):
-        name = f"{i:06d}.jpg"
-        pixels = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)  # CelebA's aligned size (H, W)
-        Image.fromarray(pixels).save(folder / "img_align_celeba" / name)
-        names.append(name)
-        lines.append(f"{name} {code}")
-    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
-    return folder, names
+    images = (rng.integers(0, 256, (3, 218, 178), dtype=np.uint8) for _ in codes)
+    partition, _ = write_celeba(root, codes, images)
+    return partition.parent, [line.split()[0] for line in partition.read_text().splitlines()]
 
 
 def _without(images: np.ndarray, held_out: torch.Tensor) -> np.ndarray:
@@ -214,28 +164,33 @@ def test_mnist_splits_roundtrip(mnist_root):
 def test_mnist_other_layouts_and_env(tmp_path, monkeypatch, layout):
     folder = tmp_path / "raw" if layout == "raw" else tmp_path
     images = _pattern(5, 1, 28)
-    _write_idx(folder / "t10k-images-idx3-ubyte", images)
+    write_idx(folder / "t10k-images-idx3-ubyte", images)
     monkeypatch.setenv("FINC_DATA_DIR", str(tmp_path))
     assert torch.equal(get_dataset("mnist", "test").images, torch.from_numpy(images))
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"magic": 2049}, "magic number 2049, expected 2051"),
-        ({"cut": 10}, "truncated"),
-        ({"cut": 10, "gz": True}, "truncated"),
-    ],
+    "damage, message",
+    [("labels", "magic number 2049, expected 2051"), ("cut", "truncated"), ("cut gz", "truncated")],
 )
-def test_mnist_malformed(tmp_path, kwargs, message):
-    path = _write_idx(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte", _pattern(3, 1, 28), **kwargs)
+def test_mnist_malformed(tmp_path, damage, message):
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    if damage == "labels":  # a labels file (idx1) where the images should be
+        write_idx(path, np.arange(10, dtype=np.uint8))
+    else:  # the idx content 10 bytes short, gzipped or not
+        raw = write_idx(path, _pattern(3, 1, 28)).read_bytes()[:-10]
+        if damage == "cut gz":
+            path.unlink()
+            path = path.with_name(path.name + ".gz")
+            raw = gzip.compress(raw)
+        path.write_bytes(raw)
     with pytest.raises(DatasetError, match=message) as err:
         get_dataset("mnist", "test", str(tmp_path))
     assert str(path) in str(err.value)
 
 
 def test_mnist_truncated_gzip_stream(tmp_path):
-    path = _write_idx(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte", _pattern(3, 1, 28), gz=True)
+    path = write_idx(tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte", _pattern(3, 1, 28), gz=True)
     path.write_bytes(path.read_bytes()[:-20])  # cut the gzip stream itself
     with pytest.raises(DatasetError, match="idx file") as err:
         get_dataset("mnist", "test", str(tmp_path))
@@ -252,7 +207,7 @@ def test_cifar_splits_roundtrip(cifar_root):
     assert (len(ds_train), len(ds_val), len(ds_test)) == (14, 1, 4)
     # pixel values and R, G, B plane order survive exactly
     assert torch.equal(ds_test[2], torch.from_numpy(test[2]))
-    assert int(ds_test[2][1, 0, 0]) == int(_rows(test)[2, 1024])  # first green pixel
+    assert int(ds_test[2][1, 0, 0]) == int(to_rows(test)[2, 1024])  # first green pixel
     assert torch.equal(ds_train.images, torch.from_numpy(_without(train, ds_val.images)))
     assert torch.equal(get_dataset("cifar10", "train", str(root)).images, ds_train.images)
 
@@ -278,7 +233,7 @@ class _Exploit:
 def test_malicious_pickle_refused(cifar_root):
     root, _, _ = cifar_root
     path = root / "cifar-10-batches-py" / "test_batch"
-    _write_pickle(path, {b"data": _Exploit()})
+    write_pickle(path, {b"data": _Exploit()}, protocol=2)
     with pytest.raises(DatasetError, match="refusing to load global") as err:
         get_dataset("cifar10", "test", str(root))
     assert str(path) in str(err.value)
@@ -299,7 +254,7 @@ def test_cifar_malformed(cifar_root, payload, message):
     if isinstance(payload, bytes):
         path.write_bytes(payload)
     else:
-        _write_pickle(path, payload)
+        write_pickle(path, payload, protocol=2)
     with pytest.raises(DatasetError, match=message) as err:
         get_dataset("cifar10", "test", str(root))
     assert str(path) in str(err.value)
@@ -428,7 +383,7 @@ def test_no_augmentation_outside_train():
 def test_imagenet_numpy1_pickle(tmp_path):
     # pickles written under numpy 1 name numpy.core.multiarray._reconstruct; protocol 2 spells globals as text
     val = _pattern(3, 3, 32)
-    raw = pickle.dumps({"data": _rows(val), "labels": [0, 1, 2]}, protocol=2)
+    raw = pickle.dumps({"data": to_rows(val), "labels": [0, 1, 2]}, protocol=2)
     raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     assert b"numpy.core.multiarray" in raw
     (tmp_path / "Imagenet32_val").mkdir()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
-import pickle
+import shutil
 import socket
-import struct
 import sys
 import tarfile
 import threading
@@ -25,11 +22,14 @@ import torch
 import torchvision.datasets as tv
 import torchvision.datasets.celeba as tv_celeba
 import typer
-from PIL import Image
 from torchvision.datasets.utils import download_url
 from typer.testing import CliRunner
 
 from finc_cli.cli.data import register
+from finc_cli.data.formats.batch_files import write_py2_pickle
+from finc_cli.data.formats.celeba import write_celeba
+from finc_cli.data.formats.cifar10 import write_cifar10
+from finc_cli.data.formats.mnist import write_idx
 from finc_cli.data.load import get_dataset
 
 app = typer.Typer()
@@ -54,60 +54,30 @@ def _md5(path: Path) -> str:
 
 
 def _write_mnist(folder: Path) -> dict:
-    """Gzipped idx files: images magic 2051 (N, 28, 28) uint8, labels magic 2049 (N,) uint8."""
-    folder.mkdir()
+    """Gzipped idx files, flat as on the mirrors: images (N, 28, 28) uint8, labels (N,) uint8."""
     train, test = _pattern(12, 1, 28, 28), _pattern(4, 1, 28, 28, offset=3)
     for stem, images in (("train", train), ("t10k", test)):
-        n = len(images)
-        idx3 = struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes()
-        idx1 = struct.pack(">ii", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
-        (folder / f"{stem}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx3, mtime=0))
-        (folder / f"{stem}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx1, mtime=0))
+        write_idx(folder / f"{stem}-images-idx3-ubyte", images, gz=True)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", (np.arange(len(images)) % 10).astype(np.uint8), gz=True)
     resources = [(p.name, _md5(p)) for p in sorted(folder.iterdir())]
     return {"train": train, "test": test, "resources": resources}
 
 
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str` (BINSTRING): the CIFAR-10 python batches were pickled by Python 2, so their
-    keys load as str with encoding="latin1" (torchvision) and as bytes with encoding="bytes" (finc)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-
-def _py2_pickle(obj: object) -> bytes:
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
 def _write_cifar(folder: Path) -> dict:
     """cifar-10-python.tar.gz holding cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
-    folder.mkdir()
-    batches = [_pattern(2, 3, 32, 32, offset=k) for k in range(5)]
-    test = _pattern(3, 3, 32, 32, offset=9)
-
-    def batch(images: np.ndarray, label: bytes) -> bytes:
-        rows = images.reshape(len(images), -1)  # (N, 3, 32, 32) -> (N, 3072): R, G, B planes
-        return _py2_pickle({b"batch_label": label, b"labels": [1] * len(images), b"data": rows, b"filenames": []})
-
-    files = {f"data_batch_{k}": batch(b, f"training batch {k} of 5".encode()) for k, b in enumerate(batches, 1)}
-    files["test_batch"] = batch(test, b"testing batch 1 of 1")
+    train, test = _pattern(10, 3, 32, 32), _pattern(3, 3, 32, 32, offset=9)
+    batches = folder.parent / f"{folder.name}-files"  # the files the tarball holds, written by finc's writer
+    paths = write_cifar10(batches, train, test)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    files["batches.meta"] = _py2_pickle({b"num_cases_per_batch": 2, b"label_names": names, b"num_vis": 3072})
+    meta = {b"num_cases_per_batch": 2, b"label_names": names, b"num_vis": 3072}
+    paths.append(write_py2_pickle(paths[0].parent / "batches.meta", meta))
+    folder.mkdir()
     tgz = folder / "cifar-10-python.tar.gz"
     with tarfile.open(tgz, "w:gz") as tar:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    md5s = {name: hashlib.md5(blob).hexdigest() for name, blob in files.items()}
-    return {"train": np.concatenate(batches), "test": test, "tgz_md5": _md5(tgz), "md5s": md5s}
+        for path in paths:
+            tar.add(path, arcname=f"cifar-10-batches-py/{path.name}")
+    md5s = {path.name: _md5(path) for path in paths}
+    return {"train": train, "test": test, "tgz_md5": _md5(tgz), "md5s": md5s}
 
 
 _ATTRS = (
@@ -122,15 +92,14 @@ _LANDMARKS = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_
 
 def _write_celeba(folder: Path) -> dict:
     """img_align_celeba.zip (178x218 JPEGs under img_align_celeba/) and the five list files torchvision fetches."""
+    images = (_pattern(1, 3, 218, 178, offset=40 * k)[0] for k in range(len(CELEBA_SPLITS)))
+    partition, jpeg_folder = write_celeba(folder.parent / f"{folder.name}-files", CELEBA_SPLITS, images)
+    jpegs = {p.name: p.read_bytes() for p in sorted(jpeg_folder.iterdir())}
+    names = list(jpegs)
     folder.mkdir()
-    names = [f"{k:06d}.jpg" for k in range(1, len(CELEBA_SPLITS) + 1)]
-    jpegs = {}
     with zipfile.ZipFile(folder / "img_align_celeba.zip", "w") as zf:
-        for k, name in enumerate(names):
-            buf = io.BytesIO()
-            Image.fromarray(_pattern(1, 3, 218, 178, offset=40 * k)[0].transpose(1, 2, 0)).save(buf, "JPEG")
-            jpegs[name] = buf.getvalue()
-            zf.writestr(f"img_align_celeba/{name}", jpegs[name])
+        for name, blob in jpegs.items():
+            zf.writestr(f"img_align_celeba/{name}", blob)
     n = len(names)
     attr_rows = [
         f"{name} " + " ".join(f"{(-1) ** (j + k):2d}" for j in range(len(_ATTRS))) for k, name in enumerate(names)
@@ -142,10 +111,10 @@ def _write_celeba(folder: Path) -> dict:
         + [f"{name}    95  71 226 313" for name in names],
         "list_landmarks_align_celeba.txt": [str(n), _LANDMARKS]
         + [f"{name} 69  109  106  113   77  142   73  152  108  154" for name in names],
-        "list_eval_partition.txt": [f"{name} {code}" for name, code in zip(names, CELEBA_SPLITS)],
     }
     for filename, lines in texts.items():
         (folder / filename).write_text("\n".join(lines) + "\n")
+    shutil.copy(partition, folder / partition.name)
     file_list = [(p.name, _md5(p), p.name) for p in sorted(folder.iterdir())]  # (drive id, md5, filename)
     return {"jpegs": jpegs, "file_list": file_list}
 

@@ -418,7 +418,7 @@ def data_cli(
         )
     extra = {
         "pss": bench.pss_rows(folder, imagenet_images) if pss and "imagenet64" in chosen else [],
-        "train": bench.train_rows(folder, celeba_images, train_steps, seed=seed)
+        "train": bench.data_wait_rows(folder, celeba_images, train_steps, seed=seed)
         if train and "celeba64" in chosen
         else [],
         "source_check": bench.source_check_rows(folder, repeats, check_files)

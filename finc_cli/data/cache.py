@@ -29,15 +29,9 @@ import torch
 from torch.utils.data import Dataset
 
 from finc_cli import __version__
-from finc_cli.data.datasets import (
-    SPLITS,
-    CelebAImages,
-    dataset_info,
-    read_split,
-    recipe,
-    resolve_data_dir,
-    source_files,
-)
+from finc_cli.data.data_dir import resolve_data_dir
+from finc_cli.data.datasets import SPLITS, dataset_info, read_split, recipe, source_files
+from finc_cli.data.formats.celeba import CelebAImages
 from finc_cli.errors import DatasetError
 from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.files.locking import exclusive_lock

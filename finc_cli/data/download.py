@@ -18,7 +18,8 @@ from typing import Callable, Optional
 
 from torchvision.datasets import CIFAR10, MNIST, CelebA
 
-from finc_cli.data.datasets import DATASETS, ENV_VAR, resolve_data_dir
+from finc_cli.data.data_dir import ENV_VAR, resolve_data_dir
+from finc_cli.data.datasets import DATASETS
 from finc_cli.errors import DatasetError, DownloadError
 
 __all__ = ["DOWNLOADABLE", "download"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from finc_cli.data.cache import check, resolve_cache_dir
-from finc_cli.data.datasets import SPLITS, dataset_info, read_split, resolve_data_dir, source_files
+from finc_cli.data.data_dir import resolve_data_dir
+from finc_cli.data.datasets import SPLITS, dataset_info, read_split, source_files
 from finc_cli.errors import DatasetError
 
 __all__ = ["data_info"]

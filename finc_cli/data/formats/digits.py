@@ -1,0 +1,28 @@
+"""scikit-learn's handwritten digits (1797 images, 8×8, 17 levels), bundled offline: a fixed split of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from finc_cli.data.holdout import seeded_permutation
+
+__all__ = ["digits_files", "read_digits"]
+
+
+def read_digits(split: str) -> np.ndarray:
+    """The split's images as uint8 (N, 1, 8, 8): 360 test, 180 val, 1257 train, by a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.uint8)[:, None]  # (1797, 8, 8) -> (1797, 1, 8, 8)
+    perm = seeded_permutation(len(images))
+    parts = {"test": perm[:360], "val": perm[360:540], "train": perm[540:]}
+    return images[np.sort(parts[split])]
+
+
+def digits_files() -> list[Path]:
+    """The file scikit-learn reads the digits from."""
+    import sklearn.datasets
+
+    return [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
