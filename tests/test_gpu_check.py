@@ -106,9 +106,9 @@ def test_rows_past_their_deadline_are_skipped(emulated_cupy):
     units = gc.unit_rows(device="cpu", deadline=0.0)
     assert len(units) == len(gc.LEVEL_SHAPES) * len(gc.BATCHES)
     assert {row["note"] for row in units} == {"skipped: time budget"}
-    train = gc.train_rows(device="cpu", deadline=0.0)
+    train = gc.train_step_rows(device="cpu", deadline=0.0)
     assert [row["note"] for row in train] == ["skipped: time budget"] * 4
-    assert gc.model_rows(device="cpu", deadline=0.0)[0]["note"] == "skipped: time budget"
+    assert gc.preset_rows(device="cpu", deadline=0.0)[0]["note"] == "skipped: time budget"
     assert not emulated_cupy.launches
 
 
@@ -131,7 +131,7 @@ def test_dry_run_of_every_section(emulated_cupy, monkeypatch, tmp_path, capsys):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(gc, "atomic_write_text", write)
-    monkeypatch.setattr(gc, "model_rows", broken)
+    monkeypatch.setattr(gc, "preset_rows", broken)
     out = tmp_path / "gpu_check.json"
     rc = gc.main(["--device", "cpu", "--dry-run", "--out", str(out)])
     printed = capsys.readouterr()
