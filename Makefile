@@ -16,7 +16,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The everyday tier (about a minute on 2 cores): everything but the tests marked slow.
+# The everyday tier (about 2.5 minutes on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
