@@ -23,12 +23,12 @@ TIMING = {"batch": 2, "repeats": 1, "warmup": 0, "threads": 1, "recon_images": 8
 def _compare(out, steps=2, convs=("finc", "cinc"), overrides=None, notes=None):
     return compare(
         "digits",
-        convs,
-        steps,
-        out,
-        {**TINY, **(overrides or {})},
-        "cpu",
-        TIMING,
+        convs=convs,
+        steps=steps,
+        out_dir=out,
+        overrides={**TINY, **(overrides or {})},
+        device="cpu",
+        timing=TIMING,
         notify=None if notes is None else notes.append,
     )
 
@@ -157,7 +157,16 @@ def test_seeds_are_parsed_and_checked():
         with pytest.raises(ConfigError, match=message):
             parse_seeds(bad)
     with pytest.raises(ConfigError, match="--seeds or --set train.seed, not both"):
-        compare("digits", ["finc"], 1, "unused", {"train.seed": 3}, "cpu", TIMING, seeds=[0, 1])
+        compare(
+            "digits",
+            convs=["finc"],
+            steps=1,
+            out_dir="unused",
+            overrides={"train.seed": 3},
+            device="cpu",
+            timing=TIMING,
+            seeds=[0, 1],
+        )
     assert not Path("unused").exists()
 
 
@@ -183,7 +192,15 @@ def test_compare_over_seeds_trains_each_conv_per_seed_and_resumes(tmp_path):
     out = tmp_path / "cmp"
     notes: list = []
     result = compare(
-        "digits", ["finc", "cinc"], 1, out, TINY, "cpu", TIMING, notify=notes.append, seeds="0,1".split(",")
+        "digits",
+        convs=["finc", "cinc"],
+        steps=1,
+        out_dir=out,
+        overrides=TINY,
+        device="cpu",
+        timing=TIMING,
+        notify=notes.append,
+        seeds="0,1".split(","),
     )
     assert result["seeds"] == [0, 1] and [r["conv"] for r in result["rows"]] == ["finc", "cinc"]
     assert [(r["conv"], r["seed"]) for r in result["runs"]] == [("finc", 0), ("finc", 1), ("cinc", 0), ("cinc", 1)]
@@ -201,6 +218,16 @@ def test_compare_over_seeds_trains_each_conv_per_seed_and_resumes(tmp_path):
         f"[2/4] finc seed 1: training in {out / 'finc' / 'seed-1'}",
     ]
     notes.clear()
-    again = compare("digits", ["finc", "cinc"], 1, out, TINY, "cpu", TIMING, notify=notes.append, seeds=[0, 1])
+    again = compare(
+        "digits",
+        convs=["finc", "cinc"],
+        steps=1,
+        out_dir=out,
+        overrides=TINY,
+        device="cpu",
+        timing=TIMING,
+        notify=notes.append,
+        seeds=[0, 1],
+    )
     assert sum("finished before" in n for n in notes) == 4 and again["rows"] == result["rows"]
     assert json.loads((out / "compare.json").read_text())["finc_minus_best"] == result["finc_minus_best"]

@@ -155,7 +155,7 @@ def test_not_a_run_directory_is_one_line_and_exit_2(tmp_path, make):
 
 def test_empty_metrics_gives_empty_summary(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
-    result = report(tmp_path, tmp_path / "r.png")
+    result = report(tmp_path, out=tmp_path / "r.png")
     assert result["last_step"] == 0 and result["best_val_bpd"] is None and result["images_per_s"] is None
     assert result["wall_s"] == 0.0 and not math.isnan(result["wall_s"])
     assert (tmp_path / "r.png").is_file()

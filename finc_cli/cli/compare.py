@@ -63,12 +63,12 @@ def compare_cli(
     try:
         result = compare(
             preset,
-            chosen,
-            steps,
-            out_dir,
-            parse_sets(sets),
-            device,
-            {"batch": timing_batch, "repeats": repeats, "warmup": 1, "threads": timing_threads},
+            convs=chosen,
+            steps=steps,
+            out_dir=out_dir,
+            overrides=parse_sets(sets),
+            device=device,
+            timing={"batch": timing_batch, "repeats": repeats, "warmup": 1, "threads": timing_threads},
             reporter_for=lambda _conv: RichReporter(enabled=not quiet and not json_out),
             notify=note,
             seeds=seeds,

@@ -30,7 +30,7 @@ def report_cli(
     from finc_cli.cli.progress import count_progress
     from finc_cli.commands.report import report
 
-    result = report(run_dir, out, progress=None if json_out else count_progress("report"))
+    result = report(run_dir, out=out, progress=None if json_out else count_progress("report"))
     if json_out:
         emit_json(result)
         return

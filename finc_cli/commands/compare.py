@@ -131,6 +131,7 @@ def variant_row(
 
 def compare(
     preset: str,
+    *,
     convs: Iterable[str],
     steps: int,
     out_dir,

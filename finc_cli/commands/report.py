@@ -311,6 +311,7 @@ def _title(run: Path, summary: dict) -> str:
 
 def report(
     run_dir: Union[str, os.PathLike],
+    *,
     out: Union[str, os.PathLike, None] = None,
     progress: Optional[Callable[[int], Callable[[int], None]]] = None,
 ) -> dict[str, Any]:
