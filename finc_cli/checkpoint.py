@@ -40,9 +40,9 @@ FORMAT_VERSION = 1
 def save_checkpoint(path: Union[str, os.PathLike], payload: dict[str, Any]) -> None:
     """Write `payload` (plus format markers) atomically: temp file, fsync, rename."""
 
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "finc_version": __version__, **payload}
+    saved = {"format": FORMAT, "format_version": FORMAT_VERSION, "finc_version": __version__, **payload}
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        torch.save(saved, tmp)
 
 
 def _torch_load(path: Path, map_location: Any) -> Any:
@@ -72,10 +72,10 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
         raise CheckpointError(f"{path} is a directory; give a checkpoint file such as {path}/best.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    data = _torch_load(path, map_location)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    saved = _torch_load(path, map_location)
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a finc checkpoint (no '{FORMAT}' marker)")
-    version = data.get("format_version", 0)
+    version = saved.get("format_version", 0)
     if not isinstance(version, int):
         raise CheckpointError(f"{path} has an unreadable format version {version!r}")
     if version > FORMAT_VERSION:
@@ -83,15 +83,15 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
             f"{path} has checkpoint format {version}, newer than this finc reads ({FORMAT_VERSION}); upgrade finc"
         )
     for key in ("config", "model"):
-        if not isinstance(data.get(key), dict):
+        if not isinstance(saved.get(key), dict):
             raise CheckpointError(f"{path} is incomplete: no '{key}' entry")
-    return data
+    return saved
 
 
-def config_from_checkpoint(data: dict, path: Union[str, os.PathLike] = "checkpoint"):
+def config_from_checkpoint(saved: dict, path: Union[str, os.PathLike] = "checkpoint"):
 
     try:
-        return config_from_dict(data["config"])
+        return config_from_dict(saved["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{path} holds an invalid config: {exc}") from None
 
@@ -127,7 +127,7 @@ def load_weights(model, weights: Any, path: Union[str, os.PathLike] = "checkpoin
         raise CheckpointError(f"{path}: weights cannot be loaded ({first})") from None
 
 
-def checkpoint_weights(data: dict, weights: Optional[str] = None, path: Union[str, os.PathLike] = "checkpoint") -> str:
+def checkpoint_weights(saved: dict, weights: Optional[str] = None, path: Union[str, os.PathLike] = "checkpoint") -> str:
     """Which weights of a checkpoint to use: "ema" or "raw".
 
     `weights` None or "auto" takes the checkpoint's `default_weights` (the lower scorer at its run's
@@ -136,19 +136,19 @@ def checkpoint_weights(data: dict, weights: Optional[str] = None, path: Union[st
     """
     if weights not in (None, "auto", "ema", "raw"):
         raise CheckpointError(f"unknown weights {weights!r}; choose auto, ema or raw")
-    has_ema = "ema" in data
+    has_ema = "ema" in saved
     if weights == "ema" and not has_ema:
         raise CheckpointError(f"{path} holds no EMA weights (trained with train.ema_decay 0); use --weights raw")
     if weights in ("ema", "raw"):
         return weights
-    recorded = data.get("default_weights")
+    recorded = saved.get("default_weights")
     if recorded == "raw" or (recorded == "ema" and has_ema):
         return recorded
     return "ema" if has_ema else "raw"
 
 
 def model_from_checkpoint(
-    data: dict,
+    saved: dict,
     path: Union[str, os.PathLike] = "checkpoint",
     device: Optional[str] = None,
     weights: Optional[str] = None,
@@ -158,14 +158,14 @@ def model_from_checkpoint(
     `weights`: None or "auto", "ema" or "raw", as `checkpoint_weights` resolves them.
     """
 
-    cfg = config_from_checkpoint(data, path)
+    cfg = config_from_checkpoint(saved, path)
     try:
         model = build_model(cfg)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
-    load_weights(model, data["model"], path)
-    if checkpoint_weights(data, weights, path) == "ema":
-        load_ema_weights(model, data["ema"], path)
+    load_weights(model, saved["model"], path)
+    if checkpoint_weights(saved, weights, path) == "ema":
+        load_ema_weights(model, saved["ema"], path)
     if device is not None:
         model.to(device)
     model.eval()
@@ -174,9 +174,9 @@ def model_from_checkpoint(
 
 def load_model(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):
     """(model in eval mode, Config, "ema" or "raw": the weights loaded) from a checkpoint file."""
-    data = read_checkpoint(path)
-    used = checkpoint_weights(data, weights, path)
-    return (*model_from_checkpoint(data, path, device, used), used)
+    saved = read_checkpoint(path)
+    used = checkpoint_weights(saved, weights, path)
+    return (*model_from_checkpoint(saved, path, device, used), used)
 
 
 def load_checkpoint(path: Union[str, os.PathLike], device: Optional[str] = None, weights: Optional[str] = None):

@@ -127,7 +127,7 @@ class Trainer:
         self.model, self.optimizer = self._build_model()
         self.threads = self._set_threads(threads)
         self.state = TrainState()
-        self.ema = self._resume_or_initialize(begin.data)  # None with train.ema_decay 0
+        self.ema = self._resume_or_initialize(begin.saved)  # None with train.ema_decay 0
         self.tb: Optional[TensorBoardLogger] = None  # train.tensorboard, rank 0
         self.saver = CheckpointWriter(
             self.run_dir, self.model, self.optimizer, self.t.keep_checkpoints, self._log_line, self.reporter.log
@@ -178,19 +178,19 @@ class Trainer:
         apply_threads(chosen.n)
         return chosen
 
-    def _resume_or_initialize(self, data: Optional[dict]) -> Optional[EMA]:
+    def _resume_or_initialize(self, saved: Optional[dict]) -> Optional[EMA]:
         """Load the checkpoint's full state, or run ActNorm's data-dependent init on a fresh model; returns the EMA."""
         t = self.t
-        if data is None:
+        if saved is None:
             n = len(self.train_ds)
             init_idx = batch_indices(n, min(n, max(t.batch_size, 256)), t.seed, 0)
             self.model.initialize(fetch(self.train_ds, init_idx).to(self.device))
             return EMA(self.model, t.ema_decay) if t.ema_decay else None  # starts at the initialised weights
-        restore(data, self.model, self.optimizer, self.state, self.ckpt)
+        restore(saved, self.model, self.optimizer, self.state, self.ckpt)
         ema = EMA(self.model, t.ema_decay) if t.ema_decay else None
-        if ema is not None and "ema" in data:  # else the average starts from the raw weights
-            check_ema_weights(self.model, data["ema"], self.ckpt)
-            ema.load_state_dict(data["ema"], step=self.state.step)  # older files: the step as the count
+        if ema is not None and "ema" in saved:  # else the average starts from the raw weights
+            check_ema_weights(self.model, saved["ema"], self.ckpt)
+            ema.load_state_dict(saved["ema"], step=self.state.step)  # older files: the step as the count
         self.reporter.log(f"resumed from {self.ckpt} at step {self.state.step}")
         return ema
 

@@ -47,12 +47,12 @@ class Start:
 
     cfg: Config
     ckpt: Optional[Path] = None
-    data: Optional[dict] = None
+    saved: Optional[dict] = None
     changes: list = field(default_factory=list)
 
     @property
     def fresh(self) -> bool:
-        return self.data is None
+        return self.saved is None
 
 
 def find_checkpoint(run: RunDir, resume: Optional[str], force: bool, start: Optional[str] = None) -> Optional[Path]:
@@ -102,10 +102,10 @@ def resolve_start(
     ckpt = _broadcast_checkpoint(run, lock, resume, force, start, is_main)
     if ckpt is None:
         return Start(cfg)
-    data = read_checkpoint(ckpt)
-    check_resume_overrides(config_from_checkpoint(data, ckpt), overrides)  # before the weights go anywhere
-    resolved = apply_overrides(config_from_checkpoint(data, ckpt), overrides)
-    return Start(resolved, ckpt, data, changed_keys(config_from_dict(data["config"]), resolved))
+    saved = read_checkpoint(ckpt)
+    check_resume_overrides(config_from_checkpoint(saved, ckpt), overrides)  # before the weights go anywhere
+    resolved = apply_overrides(config_from_checkpoint(saved, ckpt), overrides)
+    return Start(resolved, ckpt, saved, changed_keys(config_from_dict(saved["config"]), resolved))
 
 
 def _broadcast_checkpoint(

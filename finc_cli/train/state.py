@@ -97,23 +97,23 @@ def checkpoint_payload(model, optimizer, state: TrainState, cfg: Config, ema=Non
     return payload
 
 
-def restore(data: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
+def restore(saved: dict, model, optimizer, state: TrainState, path: Path = Path("checkpoint")) -> None:
     """Load weights, optimizer, step counters and RNG from a checkpoint; a mismatch is a CheckpointError."""
 
-    load_weights(model, data["model"], path)
+    load_weights(model, saved["model"], path)
     try:
-        if "optimizer" in data:
-            optimizer.load_state_dict(data["optimizer"])
-        ts = data.get("train_state", {})
+        if "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
+        ts = saved.get("train_state", {})
         state.step = int(ts.get("step", 0))
         state.best_val_bpd = float(ts.get("best_val_bpd", math.inf))
         state.bad_steps = int(ts.get("bad_steps", 0))
         state.rollbacks = int(ts.get("rollbacks", 0))
         state.lr_scale = float(ts.get("lr_scale", 1.0))
         state.wall_before_s = float(ts.get("wall_s", 0.0))
-        state.default_weights = data.get("default_weights") if data.get("default_weights") in ("ema", "raw") else None
-        if "rng" in data:
-            set_rng_state(data["rng"])
+        state.default_weights = saved.get("default_weights") if saved.get("default_weights") in ("ema", "raw") else None
+        if "rng" in saved:
+            set_rng_state(saved["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         detail = first_line(exc)[:160]
         raise CheckpointError(f"{path}: its optimizer or training state does not fit this run ({detail})") from None
@@ -135,13 +135,13 @@ def roll_back(state: TrainState, path: Path, model, optimizer, ema=None) -> Opti
     state.bad_steps = 0
     if not path.is_file():
         return None
-    data = read_checkpoint(path)
-    model.load_state_dict(data["model"])
-    if "optimizer" in data:
-        optimizer.load_state_dict(data["optimizer"])
-    step = data.get("train_state", {}).get("step")
-    if ema is not None and "ema" in data:
-        ema.load_state_dict(data["ema"], step=step or 0)
+    saved = read_checkpoint(path)
+    model.load_state_dict(saved["model"])
+    if "optimizer" in saved:
+        optimizer.load_state_dict(saved["optimizer"])
+    step = saved.get("train_state", {}).get("step")
+    if ema is not None and "ema" in saved:
+        ema.load_state_dict(saved["ema"], step=step or 0)
     return step
 
 
