@@ -20,7 +20,7 @@ TINY = {**TINY_OVERRIDES, "train.eval_batch_size": 512}
 TIMING = {"batch": 2, "repeats": 1, "warmup": 0, "threads": 1, "recon_images": 8}
 
 
-def _compare(out, steps=2, convs=("finc", "cinc"), overrides=None, notes=None):
+def _compare(out, steps=2, convs=("finc", "cinc"), overrides=None, notes=None, seeds=None):
     return compare(
         "digits",
         convs=convs,
@@ -30,6 +30,7 @@ def _compare(out, steps=2, convs=("finc", "cinc"), overrides=None, notes=None):
         device="cpu",
         timing=TIMING,
         notify=None if notes is None else notes.append,
+        seeds=seeds,
     )
 
 
@@ -191,17 +192,7 @@ def test_one_seed_table_rows_and_missing_values():
 def test_compare_over_seeds_trains_each_conv_per_seed_and_resumes(tmp_path):
     out = tmp_path / "cmp"
     notes: list = []
-    result = compare(
-        "digits",
-        convs=["finc", "cinc"],
-        steps=1,
-        out_dir=out,
-        overrides=TINY,
-        device="cpu",
-        timing=TIMING,
-        notify=notes.append,
-        seeds="0,1".split(","),
-    )
+    result = _compare(out, steps=1, notes=notes, seeds="0,1".split(","))
     assert result["seeds"] == [0, 1] and [r["conv"] for r in result["rows"]] == ["finc", "cinc"]
     assert [(r["conv"], r["seed"]) for r in result["runs"]] == [("finc", 0), ("finc", 1), ("cinc", 0), ("cinc", 1)]
     for row in result["rows"]:
@@ -218,16 +209,6 @@ def test_compare_over_seeds_trains_each_conv_per_seed_and_resumes(tmp_path):
         f"[2/4] finc seed 1: training in {out / 'finc' / 'seed-1'}",
     ]
     notes.clear()
-    again = compare(
-        "digits",
-        convs=["finc", "cinc"],
-        steps=1,
-        out_dir=out,
-        overrides=TINY,
-        device="cpu",
-        timing=TIMING,
-        notify=notes.append,
-        seeds=[0, 1],
-    )
+    again = _compare(out, steps=1, notes=notes, seeds=[0, 1])
     assert sum("finished before" in n for n in notes) == 4 and again["rows"] == result["rows"]
     assert json.loads((out / "compare.json").read_text())["finc_minus_best"] == result["finc_minus_best"]
