@@ -31,6 +31,7 @@ __all__ = [
     "parse_override",
     "PRESET_DIR",
     "resolve_preset_path",
+    "MEMORY_CHOICES",
     "RESUMABLE_KEYS",
     "save_config",
     "SECTIONS",
@@ -94,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "32"  # 32 | bf16
+    memory: str = "store"  # store | checkpoint | invert: what the flow steps keep for backward (docs/training.md §18)
     accumulate: int = 1
     log_every: int = 10
     eval_every: int = 500
@@ -122,6 +124,7 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
+MEMORY_CHOICES = ("store", "checkpoint", "invert")
 
 
 def parse_conv_list(convs) -> list[str]:
@@ -267,6 +270,7 @@ def validate(cfg: Config) -> None:
         (t.lr_decay in ("none", "cosine", "exponential"), "train.lr_decay must be none, cosine or exponential"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device must be auto, cpu or cuda"),
         (t.precision in ("32", "bf16"), "train.precision must be 32 or bf16"),
+        (t.memory in MEMORY_CHOICES, f"train.memory must be one of {', '.join(MEMORY_CHOICES)}, got {t.memory!r}"),
         (t.accumulate >= 1, "train.accumulate must be >= 1"),
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null"),
@@ -302,6 +306,7 @@ RESUMABLE_KEYS = frozenset(
             "eval_batch_size",
             "accumulate",
             "precision",
+            "memory",
             "device",
             "log_every",
             "eval_every",

@@ -13,6 +13,7 @@ __all__ = [
     "InverseBackendError",
     "LockError",
     "OutputError",
+    "RebuildDrift",
     "RunDirError",
     "TrainingDiverged",
 ]
@@ -73,5 +74,11 @@ class InverseBackendError(FincError, RuntimeError):
 
 class TrainingDiverged(FincError, RuntimeError):
     """Rollbacks did not help: the run keeps producing non-finite steps (exit 1, checkpoints intact)."""
+
+    exit_code = 1
+
+
+class RebuildDrift(FincError, RuntimeError):
+    """`train.memory: invert` rebuilt activations that drifted past the threshold (exit 1, checkpoints intact)."""
 
     exit_code = 1

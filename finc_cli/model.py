@@ -9,7 +9,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from finc_cli.config import Config, ModelConfig
+from finc_cli.config import MEMORY_CHOICES, Config, ModelConfig
 from finc_cli.dataset_shapes import dataset_info
 from finc_cli.errors import ConfigError
 from finc_cli.flows.actnorm import ActNorm
@@ -19,6 +19,7 @@ from finc_cli.flows.coupling import AffineCoupling
 from finc_cli.flows.dequantizer import VariationalDequantizer
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.flows.logit import LogitPreprocess, dequantize, quantize
+from finc_cli.flows.memory import rebuild_error, run_steps
 from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
 from finc_cli.losses import bits_per_dim
@@ -131,6 +132,7 @@ class FlowModel(nn.Module):
             conv.reset_parameters()
         for _, unit in self.finc_units():
             unit.gain_cap = model_cfg.finc_gain_cap
+        self.memory = "store"  # train.memory: what the flow steps keep for backward (set_memory)
 
     # -- shapes and bookkeeping ---------------------------------------------------------------
 
@@ -167,6 +169,16 @@ class FlowModel(nn.Module):
             if isinstance(m, AffineCoupling):
                 m.autocast_dtype = dtype
 
+    def set_memory(self, mode: str) -> None:
+        """What each level's flow steps keep for the backward pass: store | checkpoint | invert (flows/memory.py).
+
+        It changes memory and time only, never a value or a gradient beyond round-off; without grad
+        (evaluation, sampling) every mode runs the plain forward.
+        """
+        if mode not in MEMORY_CHOICES:
+            raise ConfigError(f"unknown train.memory '{mode}'; choose from {', '.join(MEMORY_CHOICES)}")
+        self.memory = mode
+
     def dequantize(
         self, x: torch.Tensor, noise: str = "uniform", generator: Optional[torch.Generator] = None
     ) -> torch.Tensor:
@@ -185,7 +197,7 @@ class FlowModel(nn.Module):
         latents = []
         for level in self.levels:
             h, _ = level.squeeze(h)  # (B, 4C, H/2, W/2)
-            h, logdet = level.steps(h)
+            h, logdet = run_steps(level.steps, h, self.memory)
             log_p = log_p + logdet
             if level.split is not None:
                 h, z, log_pz = level.split(h)  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
@@ -289,6 +301,21 @@ class FlowModel(nn.Module):
             err = (unit.inverse(y_out)[0] - x_in).abs()
             report.append({"layer": name, "max_abs_err": err.max().item(), "mean_abs_err": err.mean().item()})
         return report
+
+    @torch.no_grad()
+    def rebuild_errors(self, x: torch.Tensor) -> list[float]:
+        """Per level, the largest error of its layers' inputs rebuilt by inversion from the level's output, as
+        `train.memory: invert` rebuilds them in backward, on a forward of the integer images x."""
+        errors = []
+        with eval_mode(self):
+            h, _ = self.preprocess(self.dequantize(x, "center"))
+            for level in self.levels:
+                h, _ = level.squeeze(h)
+                errors.append(rebuild_error(level.steps, h))
+                h, _ = level.steps(h)
+                if level.split is not None:
+                    h, _, _ = level.split(h)
+        return errors
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:

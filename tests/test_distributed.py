@@ -122,6 +122,20 @@ def test_bf16_and_accumulation_stay_close_to_float32(tmp_path, extra):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
+@pytest.mark.parametrize("memory", ["checkpoint", "invert"])
+def test_memory_modes_under_ddp_with_accumulation_match_store_on_one_process(tmp_path, memory):
+    """train.memory rebuilds or recomputes activations; DDP's gradient hooks and no_sync accumulation still see
+    every parameter's gradient once per micro-batch, so the run follows store's to round-off."""
+    base = _run(1, tmp_path / "store", TINY, tmp_path)[0]
+    other = _run(2, tmp_path / memory, dict(TINY, **{"train.memory": memory, "train.accumulate": 2}), tmp_path)
+    assert other[0]["params_sha256"] == other[1]["params_sha256"]
+    a, b = _losses(tmp_path / "store"), _losses(tmp_path / memory)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-4 * abs(a[step]), (step, a[step], b[step])
+    assert base["steps"] == other[0]["steps"] == 4
+
+
 def test_batch_not_divisible_by_processes_times_accumulate_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="divisible by processes × accumulate"):
         _run(1, tmp_path / "bad", dict(TINY, **{"train.batch_size": 30, "train.accumulate": 4}), tmp_path)

@@ -12,12 +12,18 @@ import typer
 from finc_cli.cli.common import emit_json, err_console, handle_errors, parse_sets, render_table
 from finc_cli.cli.options import CacheDirOpt, DataDirOpt, DeviceOpt, JsonOpt, PresetOpt, QuietOpt, SetsOpt, ThreadsOpt
 
-__all__ = ["Precision", "register", "train_cli"]
+__all__ = ["Memory", "Precision", "register", "train_cli"]
 
 
 class Precision(str, Enum):
     fp32 = "32"
     bf16 = "bf16"
+
+
+class Memory(str, Enum):
+    store = "store"
+    checkpoint = "checkpoint"
+    invert = "invert"
 
 
 def register(app: typer.Typer) -> None:
@@ -54,6 +60,14 @@ def train_cli(
     accumulate: Annotated[
         Optional[int], typer.Option("--accumulate", help="Gradient accumulation micro-batches.")
     ] = None,
+    memory: Annotated[
+        Optional[Memory],
+        typer.Option(
+            "--memory",
+            help="train.memory: store (keep activations), checkpoint (recompute each step), "
+            "invert (rebuild them by the exact inverse: memory flat in depth).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     tensorboard: Annotated[
@@ -78,6 +92,7 @@ def train_cli(
         "data.num_workers": num_workers,
         "train.precision": precision.value if precision else None,
         "train.accumulate": accumulate,
+        "train.memory": memory.value if memory else None,
         "train.tensorboard": True if tensorboard else None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})

@@ -70,3 +70,17 @@ class AffineCoupling(Flow):
         shift, log_s = self.conditioner(y_a)
         x_b = (y_b - shift) * torch.exp(-log_s)
         return torch.cat([y_a, x_b.to(y.dtype)], dim=1), -log_s.flatten(1).sum(1).to(y.dtype)
+
+    def rebuild(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """([x_a, x_b], y', log-det') for `train.memory: invert` (flows/memory.py `rebuild`).
+
+        x_a = y_a needs no inverse, so one conditioner pass with grad serves both the inverse (its
+        values, detached) and the recomputed forward: a layer rebuilt costs one conditioner pass, not two.
+        """
+        x_a = y[:, : self.split_at].detach().requires_grad_()  # (B, C_a, H, W)
+        shift, log_s = self.conditioner(x_a)
+        with torch.no_grad():
+            x_b = ((y[:, self.split_at :] - shift) * torch.exp(-log_s)).to(y.dtype)  # (B, C_b, H, W)
+        x_b.requires_grad_()
+        y_b = x_b * torch.exp(log_s) + shift
+        return [x_a, x_b], torch.cat([x_a, y_b.to(y.dtype)], dim=1), log_s.flatten(1).sum(1).to(y.dtype)

@@ -15,7 +15,7 @@ from finc_cli.config import Config, save_config
 from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
 from finc_cli.data.load import get_dataset
 from finc_cli.data.prefetch import Prefetcher, to_device
-from finc_cli.errors import InputError
+from finc_cli.errors import InputError, RebuildDrift
 from finc_cli.files.images import save_grid
 from finc_cli.flows.convolutions import CONV_LABELS
 from finc_cli.health import health_record
@@ -134,6 +134,11 @@ class Trainer:
         )
         if self.ctx.is_main:  # every input checked: only now is anything written
             self._open_run_dir(begin.changes)
+            if self.t.memory == "invert" and self.cfg.model.conv in ("emerging", "cinc"):
+                self.reporter.log(
+                    f"warning: train.memory invert with model.conv {self.cfg.model.conv} inverts every step in raster "
+                    f"order during backward (slow); --memory checkpoint saves the same memory at one extra forward"
+                )
         self.net = self._wrap_model()  # training calls the model's one loss, bits/dim, through DDP when distributed
         self.probe = fetch(self.val_ds, torch.arange(min(16, len(self.val_ds)))).to(self.device)
         self.start_step, self.t0 = self.state.step, time.perf_counter()
@@ -167,6 +172,7 @@ class Trainer:
         model = build_model(self.cfg).to(self.device)
         if self.t.precision == "bf16":
             model.set_autocast(torch.bfloat16)
+        model.set_memory(self.t.memory)
         return model, build_optimizer(model, self.cfg)
 
     def _set_threads(self, flag: Optional[int]):
@@ -343,8 +349,16 @@ class Trainer:
                 f"warning: {CONV_LABELS[self.cfg.model.conv]} reconstruction error {worst:.2e} "
                 f"exceeds {t.health_threshold:g} at step {state.step}; sampling may break"
             )
+        if t.memory == "invert":
+            record["rebuild_max_err"] = max(self.model.rebuild_errors(self.probe[:4]))  # the trained weights
         if log:
             self._log_line(record)
+        if t.memory == "invert" and not record["rebuild_max_err"] <= t.health_threshold:  # NaN included
+            raise RebuildDrift(
+                f"train.memory invert rebuilt activations with error {record['rebuild_max_err']:.2e} > "
+                f"train.health_threshold {t.health_threshold:g} at step {state.step}, so its gradients are not "
+                f"exact; resume with --memory checkpoint (same memory saving, inputs stored, not rebuilt)"
+            )
         if record["val_bpd"] < state.best_val_bpd:
             state.best_val_bpd = record["val_bpd"]
             self._save(self.run_dir.best)
