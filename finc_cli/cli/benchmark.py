@@ -1,4 +1,4 @@
-"""`finc benchmark layer|model|scaling|data|threads`: thin wrappers over finc_cli.bench (torch imported lazily)."""
+"""`finc benchmark layer|model|scaling|data|threads|memory`: thin wrappers over finc_cli.bench (lazy torch)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "DType",
     "data_cli",
     "layer_cli",
+    "memory_cli",
     "model_cli",
     "register",
     "scaling_cli",
@@ -27,7 +28,8 @@ bench_app = typer.Typer(
     name="benchmark",
     help=(
         "Time FInC against Emerging, CInC and Glow: one layer, a preset's model, or scaling with n and k; "
-        "the data pipeline of each dataset format; and training runs side by side with a thread count each."
+        "the data pipeline of each dataset format; training runs side by side with a thread count each; "
+        "and training memory per train.memory mode."
     ),
     no_args_is_help=True,
 )
@@ -477,3 +479,68 @@ def threads_cli(
     _print_env(env)
     title = f"finc benchmark threads: {preset}, {steps} steps, median steps/s (load {env['load_avg']:.2f})"
     console.print(_rich_table(title, COLUMNS["threads"], rows))
+
+
+@bench_app.command("memory")
+@handle_errors
+def memory_cli(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset whose model trains one step.")] = "cifar10",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images in the measured step.")] = 32,
+    memory: Annotated[
+        str, typer.Option("--memory", help="train.memory modes, comma-separated: store, checkpoint, invert.")
+    ] = "store,checkpoint,invert",
+    steps_per_level: Annotated[
+        Optional[str],
+        typer.Option(
+            "--steps-per-level", help="model.steps values, comma-separated, e.g. 8,16,32 (default: the preset's)."
+        ),
+    ] = None,
+    budget_gb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--budget-gb", min=0.0, help="Also find the largest batch within this memory (GB), at the last K."
+        ),
+    ] = None,
+    max_batch: Annotated[
+        Optional[int], typer.Option("--max-batch", min=1, help="Confirm the budget batch at most at this batch.")
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing rounds (median).")] = 2,
+    sets: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override, e.g. model.hidden=256 (repeatable).")
+    ] = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    json_out: JsonRowsOpt = False,
+    csv_path: CsvOpt = None,
+) -> None:
+    """Peak memory above the model and optimizer state, step time ÷ store's, and the largest batch within a budget,
+    for one training step per train.memory mode (docs/training.md §18)."""
+    from finc_cli.bench.memory import MEMORY_COLUMNS, memory_rows, parse_modes
+    from finc_cli.cli.common import err_console
+    from finc_cli.config import load_preset
+    from finc_cli.errors import InputError
+
+    threads = use_threads(threads)
+    try:
+        modes = parse_modes(memory)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        ks = [int(k) for k in comma_list(steps_per_level)] if steps_per_level else None
+    except ValueError:
+        raise InputError(f"--steps-per-level '{steps_per_level}' must be integers, e.g. 8,16,32") from None
+    if ks is not None and (not ks or min(ks) < 1):
+        raise InputError("--steps-per-level values must be integers >= 1, e.g. 8,16,32")
+    overrides = parse_sets(sets)
+    load_preset(preset, overrides)  # an unknown preset or override fails here, in one line
+    say = None if json_out else (lambda text: err_console.print(f"[dim]{text}[/dim]"))
+    rows = memory_rows(
+        preset, batch_size, modes, ks, budget_gb, rounds, max_batch, device, overrides, progress=say, threads=threads
+    )
+    env = _environment([], device, threads, DType.float32)
+    env["budget_gb"] = budget_gb
+    if _output(env, rows, json_out, csv_path):
+        return
+    _print_env(env)
+    title = f"finc benchmark memory: {preset}, batch {batch_size}, one training step"
+    console.print(_rich_table(title, MEMORY_COLUMNS, rows))
