@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import pickle
 import struct
 
@@ -11,15 +13,19 @@ import pytest
 import torch
 from test_datasets import _pattern
 
+from finc_cli.config import load_preset
+from finc_cli.data import cache, load
+from finc_cli.data.cache import MappedImages, check, prepare
 from finc_cli.data.datasets import dataset_info, label_files, read_labels, read_split
 from finc_cli.data.formats.batch_files import write_pickle
 from finc_cli.data.formats.celeba import ATTRIBUTE_NAMES, write_celeba
 from finc_cli.data.formats.cifar10 import write_cifar10
 from finc_cli.data.formats.imagenet import write_imagenet
 from finc_cli.data.formats.mnist import write_idx, write_mnist
-from finc_cli.data.labels import Labels
-from finc_cli.data.load import get_dataset
+from finc_cli.data.labels import LabelledDataset, Labels
+from finc_cli.data.load import get_dataset, get_labelled_dataset, get_labels
 from finc_cli.errors import DatasetError
+from finc_cli.train import train
 
 SPLITS = ("train", "val", "test")
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -335,3 +341,142 @@ def test_labels_check_their_shape_and_take_rows():
         Labels(np.zeros((3, 2)), "class", 10)
     with pytest.raises(AssertionError):
         Labels(np.zeros((3, 2)), "attributes", 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# image and label pairs, and the prepared cache
+
+
+def _no_source_labels(monkeypatch):
+    """Reading labels from the sources fails: what is returned came from the prepared cache."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("labels read from the sources")
+
+    monkeypatch.setattr(load, "read_labels", refuse)
+
+
+@pytest.fixture
+def cifar(tmp_path):
+    train_images, test = _pattern(50, 3, 32), _pattern(6, 3, 32, offset=9)
+    train_labels, test_labels = _classes(50, 10, 6), _classes(6, 10, 7)
+    write_cifar10(tmp_path / "data", train_images, test, train_labels, test_labels, label_names=CIFAR_NAMES)
+    truth = _by_image(np.concatenate([train_images, test]), np.concatenate([train_labels, test_labels]))
+    return tmp_path / "data", tmp_path / "cache", truth
+
+
+def _assert_labelled(ds: LabelledDataset, truth: dict) -> None:
+    idx = torch.tensor([len(ds) - 1, 0, len(ds) // 2])
+    images, labels = ds.batch(idx)
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64 and len(labels) == 3
+    for image, label in zip(images, labels):
+        assert truth[image.numpy().tobytes()] == int(label)
+    image, label = ds[1]
+    assert truth[image.numpy().tobytes()] == int(label)
+
+
+def test_labelled_pairs_follow_the_holdout_from_sources_and_from_the_cache(cifar, monkeypatch):
+    data, cache_dir, truth = cifar
+    for split in SPLITS:
+        _assert_labelled(get_labelled_dataset("cifar10", split, data, use_cache=False), truth)
+    rows = prepare("cifar10", data, cache_dir)["splits"]
+    assert all(r["labels"] and r["labels_problem"] is None for r in rows)
+    _no_source_labels(monkeypatch)
+    for split in SPLITS:
+        ds = get_labelled_dataset("cifar10", split, data, cache_dir=cache_dir)
+        assert isinstance(ds.images, MappedImages) and ds.labels.names == tuple(CIFAR_NAMES)
+        _assert_labelled(ds, truth)
+
+
+def test_prepared_labels_sit_beside_the_images_as_a_plain_npy(cifar):
+    data, cache_dir, _ = cifar
+    prepare("cifar10", data, cache_dir, splits=("val",))
+    values = np.load(cache_dir / "cifar10-val.labels.npy")
+    assert values.dtype == np.int64 and np.array_equal(values, read_labels("cifar10", "val", data).values)
+    info = json.loads((cache_dir / "cifar10-val.json").read_text())
+    assert (info["labels"]["kind"], info["labels"]["num_classes"], info["labels"]["shape"]) == ("class", 10, [5])
+    assert info["labels"]["names"] == CIFAR_NAMES and len(info["labels"]["sources"]) == 6  # 5 batches + meta
+
+
+def test_a_cache_of_format_2_without_labels_is_stale_and_never_used(cifar):
+    data, cache_dir, truth = cifar
+    prepare("cifar10", data, cache_dir, splits=("train",))
+    assert cache.FORMAT_VERSION == 3
+    manifest = cache_dir / "cifar10-train.json"
+    info = json.loads(manifest.read_text())
+    info["format_version"] = 2
+    del info["labels"], info["labels_problem"]
+    manifest.write_text(json.dumps(info))
+    status = check("cifar10", "train", data, cache_dir)
+    assert status.state == "stale" and "format 2" in status.reason and "\n" not in status.reason
+    notes: list[str] = []
+    ds = get_labelled_dataset("cifar10", "train", data, cache_dir=cache_dir, notify=notes.append)
+    assert not isinstance(ds.images, MappedImages) and len(notes) == 1 and "stale" in notes[0]
+    _assert_labelled(ds, truth)
+    assert prepare("cifar10", data, cache_dir, splits=("train",))["splits"][0]["written"]  # prepared again
+
+
+def test_without_label_files_the_images_are_prepared_and_labels_are_added_later(tmp_path, monkeypatch):
+    data, cache_dir = tmp_path / "data", tmp_path / "cache"
+    train_images, test = _pattern(20, 1, 28), _pattern(4, 1, 28, offset=3)
+    write_mnist(data, train_images, test)  # images only
+    rows = prepare("mnist", data, cache_dir)["splits"]
+    missing = data / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    assert all(r["written"] and not r["labels"] for r in rows)
+    assert str(missing) in rows[0]["labels_problem"] and not (cache_dir / "mnist-train.labels.npy").exists()
+    ds = get_dataset("mnist", "train", data, cache_dir=cache_dir)
+    assert isinstance(ds, MappedImages) and len(ds) == 18  # unconditional use: the prepared images
+    _one_line_error(lambda: get_labels("mnist", "train", data, cache_dir=cache_dir), missing)
+    _one_line_error(lambda: get_labelled_dataset("mnist", "val", data, cache_dir=cache_dir), missing)
+
+    classes = _classes(24, 10, 8)
+    raw = data / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", classes[:20])
+    write_idx(raw / "t10k-labels-idx1-ubyte", classes[20:])
+    images_mtime = (cache_dir / "mnist-train.npy").stat().st_mtime_ns
+    rows = prepare("mnist", data, cache_dir)["splits"]
+    assert not any(r["written"] for r in rows) and all(r["labels"] for r in rows)  # only the labels were added
+    assert (cache_dir / "mnist-train.npy").stat().st_mtime_ns == images_mtime
+    _no_source_labels(monkeypatch)
+    truth = _by_image(np.concatenate([train_images, test]), classes)
+    for split in SPLITS:
+        _assert_labelled(get_labelled_dataset("mnist", split, data, cache_dir=cache_dir), truth)
+
+
+@pytest.mark.parametrize("change", ["label file rewritten", "labels array corrupted", "labels array removed"])
+def test_prepared_labels_that_no_longer_match_are_read_from_the_sources(tmp_path, change):
+    data, cache_dir = tmp_path / "data", tmp_path / "cache"
+    old, new = np.arange(12) % 10, (np.arange(12) + 3) % 10
+    write_mnist(data, _pattern(12, 1, 28), _pattern(3, 1, 28, offset=1), train_labels=old, test_labels=[1, 2, 3])
+    prepare("mnist", data, cache_dir)
+    cached = cache_dir / "mnist-train.labels.npy"
+    if change == "label file rewritten":
+        path = write_idx(data / "MNIST" / "raw" / "train-labels-idx1-ubyte", new)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+        expected, reason = new, "source files changed"
+    elif change == "labels array corrupted":
+        array = np.load(cached)
+        array[0] = 7
+        np.save(cached, array)
+        expected, reason = old, "checksum"
+    else:
+        cached.unlink()
+        expected, reason = old, "cannot be used"
+    notes: list[str] = []
+    labels = get_labels("mnist", "train", data, cache_dir=cache_dir, notify=notes.append)
+    truth = _by_image(_pattern(12, 1, 28), expected)
+    expected = [truth[im.tobytes()] for im in read_split("mnist", "train", data).images.numpy()]
+    assert labels.values.tolist() == expected
+    assert len(notes) == 1 and reason in notes[0] and "finc data prepare mnist" in notes[0] and "\n" not in notes[0]
+    assert check("mnist", "train", data, cache_dir).state == "current"  # the images are not stale for it
+    assert prepare("mnist", data, cache_dir, splits=("train",))["splits"][0]["labels"]
+    assert get_labels("mnist", "train", data, cache_dir=cache_dir).values.tolist() == expected
+
+
+def test_an_mnist_folder_of_image_files_alone_still_trains(tmp_path):
+    write_mnist(tmp_path / "data", _pattern(40, 1, 28), _pattern(4, 1, 28, offset=3), gz=True)
+    overrides = {"model.steps": 1, "model.hidden": 8, "model.dequantization": "uniform", "train.batch_size": 8}
+    overrides |= {"train.steps": 2, "train.eval_every": 2, "train.warmup_steps": 0}
+    result = train(load_preset("mnist", {**overrides, "data.data_dir": str(tmp_path / "data")}), tmp_path / "run")
+    assert result["steps"] == 2 and np.isfinite(result["val_bpd"])
