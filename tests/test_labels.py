@@ -260,7 +260,7 @@ def test_imagenet_written_by_hand_and_its_errors(tmp_path, npz):
 
 
 def _celeba(root, codes, attributes=None):
-    images = (np.full((3, 20, 16), 10 * i, np.uint8) for i in range(len(codes)))
+    images = (np.full((3, 60, 60), 10 * i, np.uint8) for i in range(len(codes)))
     partition, _ = write_celeba(root, codes, images, attributes=attributes)
     return partition.parent
 
@@ -472,6 +472,23 @@ def test_prepared_labels_that_no_longer_match_are_read_from_the_sources(tmp_path
     assert check("mnist", "train", data, cache_dir).state == "current"  # the images are not stale for it
     assert prepare("mnist", data, cache_dir, splits=("train",))["splits"][0]["labels"]
     assert get_labels("mnist", "train", data, cache_dir=cache_dir).values.tolist() == expected
+
+
+def test_celeba_attributes_through_the_cache_follow_the_partition(tmp_path, monkeypatch):
+    attributes = np.random.default_rng(9).integers(0, 2, (len(CODES), 40))
+    _celeba(tmp_path / "data", CODES, attributes)
+    # decoded here: the process pool (and its start-up) is tested in tests/test_cache.py
+    monkeypatch.setattr(cache, "_chunks", lambda ds, name, per_chunk, workers: [(0, ds.batch(torch.arange(len(ds))))])
+    prepare("celeba64", tmp_path / "data", tmp_path / "cache")
+    _no_source_labels(monkeypatch)
+    for split, code in zip(SPLITS, (0, 1, 2)):
+        ds = get_labelled_dataset("celeba64", split, tmp_path / "data", cache_dir=tmp_path / "cache")
+        assert isinstance(ds.images, MappedImages) and ds.labels.names == ATTRIBUTE_NAMES
+        images, labels = ds.batch(torch.arange(len(ds)))
+        assert labels.shape == (len(ds), 40) and np.array_equal(labels.numpy(), attributes[np.array(CODES) == code])
+        # each image is the solid colour 10·(its row in the files): its attributes are that row's
+        rows = np.rint(images[:, 0, 32, 32].numpy() / 10).astype(np.int64)
+        assert np.array_equal(labels.numpy(), attributes[rows])
 
 
 def test_an_mnist_folder_of_image_files_alone_still_trains(tmp_path):

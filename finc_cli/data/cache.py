@@ -314,7 +314,8 @@ def open_prepared_labels(
 
 def _cached_labels(info: dict, name: str, split: str, data_dir, folder: Path) -> tuple[Optional[Labels], str]:
     """(Labels, "") when the manifest's labels match their files and source files; else (None, why not)."""
-    record = info.get("labels") if isinstance(info, dict) else None
+    info = info if isinstance(info, dict) else {}
+    record = info.get("labels")
     if not isinstance(record, dict):
         return None, f"holds no labels ({info.get('labels_problem') or 'none were read'})"
     try:
