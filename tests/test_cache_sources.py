@@ -104,7 +104,7 @@ def test_the_manifest_records_a_digest_of_the_image_folder(celeba):
     partition, folder = info["sources"]
     assert partition["path"].endswith("list_eval_partition.txt") and "size" in partition
     assert folder["files"] == len(names) == TRAIN + VAL + TEST and len(folder["digest"]) == 64
-    assert info["format_version"] == cache.FORMAT_VERSION == 2
+    assert info["format_version"] == cache.FORMAT_VERSION == 3
 
 
 def test_a_cache_of_the_previous_format_is_stale_in_one_line(celeba, tmp_path):

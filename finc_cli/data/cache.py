@@ -1,6 +1,7 @@
 """Prepared datasets: each split once as an uncompressed uint8 .npy (N, C, H, W), memory-mapped, with a manifest.
 
-Layout: CACHE_DIR/NAME-SPLIT.npy and CACHE_DIR/NAME-SPLIT.json, where CACHE_DIR is `--cache-dir`,
+Layout: CACHE_DIR/NAME-SPLIT.npy, its labels CACHE_DIR/NAME-SPLIT.labels.npy (int64, (N,) or (N, A))
+and CACHE_DIR/NAME-SPLIT.json, where CACHE_DIR is `--cache-dir`,
 else $FINC_CACHE_DIR, else DATA_DIR/.finc_cache beside the data (the user cache folder for the
 bundled digits). A split is used only while its manifest matches: same format version and
 recipe, same source files (sizes and modification times; for a folder of many files, CelebA's
@@ -9,6 +10,11 @@ recorded size and shape, and its SHA-256. The checksum is recomputed whenever th
 modification time or inode differ from the ones recorded when it was written, and always with
 `verify=True` (`finc data info --verify`). Writes are atomic and one preparer at a time holds
 CACHE_DIR/.lock (docs/training.md §1).
+
+Labels are checked apart from the images (docs/data.md §4): a split whose label files cannot be
+read is still prepared, for unconditional use, and its manifest says why it holds no labels; its
+label files are recorded and checked only when labels are asked for, so a label file that is
+missing, touched or broken never makes the images stale.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from torch.utils.data import Dataset
 
 from finc_cli import __version__
 from finc_cli.data.data_dir import resolve_data_dir
-from finc_cli.data.datasets import SPLITS, dataset_info, read_split, recipe, source_files
+from finc_cli.data.datasets import SPLITS, dataset_info, label_files, read_labels, read_split, recipe, source_files
 from finc_cli.data.formats.celeba import CelebAImages
+from finc_cli.data.labels import Labels
 from finc_cli.errors import DatasetError
 from finc_cli.files.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from finc_cli.files.locking import exclusive_lock
@@ -44,13 +51,14 @@ __all__ = [
     "MappedImages",
     "check",
     "open_prepared",
+    "open_prepared_labels",
     "prepare",
     "resolve_cache_dir",
     "source_state",
 ]
 
 FORMAT = "finc-prepared-split"
-FORMAT_VERSION = 2  # 2: a source folder is recorded by a digest of its files' sizes and times
+FORMAT_VERSION = 3  # 2: a source folder is recorded by a digest of its files' sizes and times; 3: labels
 ENV_VAR = "FINC_CACHE_DIR"
 FOLDER = ".finc_cache"
 CHUNK_BYTES = 64 << 20  # hashing and copying go through memory in pieces of this size
@@ -72,6 +80,10 @@ def resolve_cache_dir(data_dir=None, cache_dir=None) -> Path:
 
 def _paths(folder: Path, name: str, split: str) -> tuple[Path, Path]:
     return folder / f"{name}-{split}.npy", folder / f"{name}-{split}.json"
+
+
+def _labels_path(folder: Path, name: str, split: str) -> Path:
+    return folder / f"{name}-{split}.labels.npy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +283,59 @@ def open_prepared(name, split, data_dir=None, cache_dir=None, transform=None) ->
     )
 
 
+def open_prepared_labels(
+    name: str, split: str, data_dir=None, cache_dir=None, *, checked: bool = False
+) -> tuple[Optional[Labels], str]:
+    """(the prepared split's labels, "") if they can be used; else (None, why not and the fix, in one line).
+
+    The line is empty when the images themselves are not prepared and current (`open_prepared`
+    says so). With `checked`, the caller has just found the images current: they are not checked again.
+    """
+    folder = resolve_cache_dir(data_dir, cache_dir)
+    if checked:
+        try:
+            info = json.loads(_paths(folder, name, split)[1].read_text())
+        except (OSError, ValueError):
+            return None, ""
+    else:
+        status = check(name, split, data_dir, cache_dir)
+        if status.state != "current":
+            return None, ""
+        info = status.info
+    labels, reason = _cached_labels(info, name, split, data_dir, folder)
+    if labels is not None:
+        return labels, ""
+    fix = f"finc data prepare {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+    return (
+        None,
+        f"warning: prepared {name}/{split} {reason}; the labels were read from the source files; `{fix}` stores them",
+    )
+
+
+def _cached_labels(info: dict, name: str, split: str, data_dir, folder: Path) -> tuple[Optional[Labels], str]:
+    """(Labels, "") when the manifest's labels match their files and source files; else (None, why not)."""
+    info = info if isinstance(info, dict) else {}
+    record = info.get("labels")
+    if not isinstance(record, dict):
+        return None, f"holds no labels ({info.get('labels_problem') or 'none were read'})"
+    try:
+        now = [_stat(p) for p in label_files(name, split, data_dir)]
+    except (DatasetError, OSError) as exc:
+        return None, f"holds labels whose files cannot be checked ({first_line(exc)})"
+    if now != record.get("sources"):
+        return None, "holds labels whose source files changed since it was prepared"
+    path = _labels_path(folder, name, split)
+    try:
+        if _array_stat(path) != record.get("array_stat") and _sha256(path) != record.get("sha256"):
+            return None, "holds labels whose checksum does not match"
+        values = np.load(path, allow_pickle=False)
+        assert list(values.shape) == record["shape"] and values.dtype == np.int64
+        names = tuple(record["names"]) if record.get("names") is not None else None
+        return Labels(values, record["kind"], record["num_classes"], names), ""
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        return None, f"holds a labels file that cannot be used ({type(exc).__name__})"
+
+
 # ---------------------------------------------------------------------------------------------
 # preparing
 
@@ -298,7 +363,8 @@ def prepare(
             status = check(name, split, data_dir, cache_dir)
             row = {"split": split, "before": status.state, "path": str(status.array)}
             if status.state == "current" and not force:
-                rows.append({**row, "written": False, "shape": status.info["shape"], "seconds": 0.0})
+                labels = _keep_labels(name, split, data_dir, folder, status.info)
+                rows.append({**row, "written": False, "shape": status.info["shape"], "seconds": 0.0, **labels})
                 continue
             rows.append({**row, "written": True, **_write(name, split, data_dir, folder, workers, progress)})
     return {"dataset": name, "cache_dir": str(folder), "splits": rows}
@@ -323,6 +389,7 @@ def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> 
         digest = _fill(out, ds, name, workers, advance)
         out.flush()
         del out
+    labels = _write_labels(name, split, data_dir, folder, shape[0])
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -336,9 +403,56 @@ def _write(name: str, split: str, data_dir, folder: Path, workers, progress) -> 
         "sha256": digest,
         "array_stat": _array_stat(array),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **labels,
     }
     atomic_write_text(manifest, json.dumps(record, indent=1) + "\n")
-    return {"shape": list(shape), "bytes": record["array_stat"]["size"], "seconds": time.perf_counter() - t0}
+    out = {"shape": list(shape), "bytes": record["array_stat"]["size"], "seconds": time.perf_counter() - t0}
+    return {**out, **_labels_row(record)}
+
+
+def _labels_row(record: dict) -> dict:
+    """What a row of `prepare` says of a split's labels: held or not, and why not."""
+    return {"labels": isinstance(record.get("labels"), dict), "labels_problem": record.get("labels_problem")}
+
+
+def _write_labels(name: str, split: str, data_dir, folder: Path, n: int) -> dict:
+    """Write NAME-SPLIT.labels.npy (atomically); the manifest's "labels" record, or why there are none.
+
+    A label file that is missing or broken is not an error here: the images are prepared for
+    unconditional use and the manifest records the one-line problem.
+    """
+    path = _labels_path(folder, name, split)
+    remove_stale_temporaries(folder, path.name)
+    try:
+        sources = [_stat(p) for p in label_files(name, split, data_dir)]
+        labels = read_labels(name, split, data_dir)
+        if len(labels) != n:
+            raise DatasetError(f"{len(labels)} labels for the {n} images of {name}/{split}")
+    except (DatasetError, OSError) as exc:
+        path.unlink(missing_ok=True)
+        return {"labels": None, "labels_problem": first_line(exc)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, labels.values)
+    record = {
+        "kind": labels.kind,
+        "num_classes": labels.num_classes,
+        "names": list(labels.names) if labels.names is not None else None,
+        "shape": list(labels.values.shape),
+        "sha256": _sha256(path),
+        "array_stat": _array_stat(path),
+        "sources": sources,
+    }
+    return {"labels": record, "labels_problem": None}
+
+
+def _keep_labels(name: str, split: str, data_dir, folder: Path, info: dict) -> dict:
+    """For a current split: its labels as they are when usable, else read again (only they) into its manifest."""
+    if _cached_labels(info, name, split, data_dir, folder)[0] is None:
+        labels = _write_labels(name, split, data_dir, folder, info["shape"][0])
+        if labels != {key: info.get(key) for key in labels}:
+            info = {**info, **labels}
+            atomic_write_text(_paths(folder, name, split)[1], json.dumps(info, indent=1) + "\n")
+    return _labels_row(info)
 
 
 def _fill(out: np.ndarray, ds, name: str, workers: Optional[int], advance) -> str:

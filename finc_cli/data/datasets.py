@@ -1,4 +1,4 @@
-"""The dataset registry: each name's source files, reader and recipe; splits read into uint8 (C, H, W) images."""
+"""The dataset registry: each name's source files, readers and recipe; a split's uint8 (C, H, W) images and labels."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from torch.utils.data import Dataset
 from finc_cli.data.data_dir import ENV_VAR, FIX, resolve_data_dir
 from finc_cli.data.formats import celeba, cifar10, imagenet, mnist
 from finc_cli.data.formats.celeba import CelebAImages
-from finc_cli.data.formats.digits import digits_files, read_digits
+from finc_cli.data.formats.digits import digits_files, read_digits, read_digits_labels
 from finc_cli.data.holdout import SPLIT_SEED, VAL_SIZE, holdout, take
 from finc_cli.data.in_memory import ImageTensorDataset
+from finc_cli.data.labels import Labels
 from finc_cli.dataset_shapes import DATASETS, DatasetInfo, dataset_info
 from finc_cli.errors import DatasetError
 
@@ -29,6 +30,8 @@ __all__ = [
     "ENV_VAR",
     "check_split",
     "ImageTensorDataset",
+    "label_files",
+    "read_labels",
     "read_split",
     "recipe",
     "RECIPE_VERSION",
@@ -48,13 +51,24 @@ class _Batches:
 
     files: Callable[[Path, str], list[Path]]
     read: Callable[[Path, str], list[np.ndarray]]
+    label_files: Callable[[Path, str], list[Path]]  # the files its labels come from
+    read_labels: Callable[[Path, str], Labels]  # the labels of the official split, in the order of `read`
+
+
+def _imagenet(size: int) -> _Batches:
+    files = partial(imagenet.imagenet_files, size=size)
+    return _Batches(
+        files, partial(imagenet.read_imagenet, size=size), files, partial(imagenet.read_imagenet_labels, size=size)
+    )
 
 
 _BATCHES = {
-    "mnist": _Batches(mnist.mnist_files, mnist.read_mnist),
-    "cifar10": _Batches(cifar10.cifar10_files, cifar10.read_cifar10),
-    "imagenet32": _Batches(partial(imagenet.imagenet_files, size=32), partial(imagenet.read_imagenet, size=32)),
-    "imagenet64": _Batches(partial(imagenet.imagenet_files, size=64), partial(imagenet.read_imagenet, size=64)),
+    "mnist": _Batches(mnist.mnist_files, mnist.read_mnist, mnist.mnist_label_files, mnist.read_mnist_labels),
+    "cifar10": _Batches(
+        cifar10.cifar10_files, cifar10.read_cifar10, cifar10.cifar10_label_files, cifar10.read_cifar10_labels
+    ),
+    "imagenet32": _imagenet(32),
+    "imagenet64": _imagenet(64),
 }
 
 # The expected layout under a data directory, for error messages.
@@ -94,9 +108,44 @@ def read_split(name: str, split: str, data_dir=None, transform: Callable | None 
     if name == "celeba64":
         return CelebAImages(celeba.celeba_files(root, split), transform)
     parts = _BATCHES[name].read(root, _official(split))
-    n = sum(len(p) for p in parts)
-    idx = np.arange(n) if split == "test" else holdout(n, VAL_SIZE[name], name)[split]
+    idx = _indices(name, split, sum(len(p) for p in parts))
     return ImageTensorDataset(torch.from_numpy(take(parts, idx)), transform)
+
+
+def _indices(name: str, split: str, n: int) -> np.ndarray:
+    """The rows of the official split's n images that `split` takes (validation is held out of train)."""
+    return np.arange(n) if split == "test" else holdout(n, VAL_SIZE[name], name)[split]
+
+
+def read_labels(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Labels:
+    """The labels of `split`, read from the source files, in the order of `read_split`'s images.
+
+    Classes for digits, MNIST, CIFAR-10 and ImageNet (0-based), CelebA's 40 attributes as (N, 40)
+    {0, 1}; validation follows the same held-out indices as the images. A missing, truncated or
+    mismatched label file raises a one-line DatasetError naming it (docs/data.md §4).
+    """
+    check_split(name, split)
+    if name == "digits":
+        labels = read_digits_labels(split)
+    elif name == "celeba64":
+        labels = celeba.celeba_attributes(_root(name, data_dir), split)
+    else:
+        full = _BATCHES[name].read_labels(_root(name, data_dir), _official(split))
+        labels = full.take(_indices(name, split, len(full)))
+    info = dataset_info(name)
+    assert (labels.kind, labels.num_classes) == (info.label_kind, info.num_classes), (name, labels.num_classes)
+    return labels
+
+
+def label_files(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The files the labels of `split` are read from (DatasetError naming a missing one)."""
+    check_split(name, split)
+    if name == "digits":
+        return digits_files()
+    root = _root(name, data_dir)
+    if name == "celeba64":
+        return [*celeba.celeba_sources(root)[:1], *celeba.celeba_attribute_files(root)]
+    return _BATCHES[name].label_files(root, _official(split))
 
 
 def source_files(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:

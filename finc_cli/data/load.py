@@ -1,4 +1,4 @@
-"""A split to read: the prepared cache when it is current, else the source files (and why, in one line)."""
+"""A split to read: the prepared cache when it is current, else the source files (and why, in one line); its labels."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from finc_cli.data.augment import Augment
-from finc_cli.data.cache import open_prepared
-from finc_cli.data.datasets import check_split, read_split
+from finc_cli.data.cache import MappedImages, open_prepared, open_prepared_labels
+from finc_cli.data.datasets import check_split, read_labels, read_split
+from finc_cli.data.labels import LabelledDataset, Labels
+from finc_cli.errors import DatasetError
 
-__all__ = ["get_dataset"]
+__all__ = ["get_dataset", "get_labelled_dataset", "get_labels"]
 
 
 def get_dataset(
@@ -47,3 +49,69 @@ def get_dataset(
     if note and notify is not None:
         notify(note)
     return ds
+
+
+def get_labels(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    notify: Callable[[str], None] | None = None,
+    images_checked: bool = False,
+) -> Labels:
+    """The labels of `split`, in the order of `get_dataset`'s images (docs/data.md §4).
+
+    With `use_cache`, those of a current prepared split whose label files are unchanged; else read
+    from the source files (a missing or broken label file raises one line naming it), and why the
+    prepared ones were not used goes to `notify`. `images_checked`: the caller has just found the
+    prepared images current (as `get_labelled_dataset` has), so they are not checked again.
+    """
+    check_split(name, split)
+    note = ""
+    if use_cache:
+        labels, note = open_prepared_labels(name, split, data_dir, cache_dir, checked=images_checked)
+        if labels is not None:
+            return labels
+    labels = read_labels(name, split, data_dir)
+    if note and notify is not None:
+        notify(note)
+    return labels
+
+
+def get_labelled_dataset(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    train_transform: bool = False,
+    hflip: bool = False,
+    translate: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> LabelledDataset:
+    """`get_dataset`'s split with its labels: `ds[i]` is (image, label), `ds.batch(idx)` (images, labels).
+
+    The labels come from the prepared cache only when the images do; otherwise from the sources.
+    """
+    images = get_dataset(
+        name,
+        split,
+        data_dir,
+        train_transform=train_transform,
+        hflip=hflip,
+        translate=translate,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        notify=notify,
+    )
+    mapped = isinstance(images, MappedImages)
+    labels = get_labels(
+        name, split, data_dir, cache_dir=cache_dir, use_cache=mapped, notify=notify, images_checked=mapped
+    )
+    if len(labels) != len(images):
+        fix = f"finc data prepare {name} --force" + (f" --data-dir {data_dir}" if data_dir else "")
+        raise DatasetError(f"{name}/{split}: {len(labels)} labels for {len(images)} images; refresh it with `{fix}`")
+    return LabelledDataset(images, labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from finc_cli.data.safe_pickle import load_pickle
 from finc_cli.errors import DatasetError
 
-__all__ = ["images_from_rows", "read_batch_images", "to_rows", "write_pickle", "write_py2_pickle"]
+__all__ = ["images_from_rows", "read_batch_images", "read_batch_labels", "to_rows", "write_pickle", "write_py2_pickle"]
 
 
 def images_from_rows(data: object, path: Path, size: int) -> np.ndarray:
@@ -46,6 +47,51 @@ def read_batch_images(path: Path, size: int) -> np.ndarray:
             raise DatasetError(f"{path} has keys {sorted(map(repr, batch))}, expected 'data'")
         data = batch[key]
     return images_from_rows(data, path, size)
+
+
+def read_batch_labels(path: Path, fix: str) -> np.ndarray:
+    """The `labels` of one pickled batch dict or .npz file, one per row of its `data` (not range-checked).
+
+    An .npz's `data` is not read: its row count comes from the array's header. A pickle is
+    unpickled whole (its labels sit beside its pixels).
+    """
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "labels" not in npz.files:
+                    raise DatasetError(f"{path} has keys {npz.files} and no 'labels'; {fix}")
+                labels, rows = npz["labels"], _npz_rows(path, npz, "data")
+        except DatasetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged npz fails anywhere in numpy: one line for the user
+            raise DatasetError(f"cannot read the labels of {path}: {type(e).__name__}: {e}; {fix}") from None
+    else:
+        batch = load_pickle(path)
+        key, data = b"labels" if b"labels" in batch else "labels", batch.get(b"data", batch.get("data"))
+        if key not in batch:
+            raise DatasetError(f"{path} has keys {sorted(map(repr, batch))} and no 'labels'; {fix}")
+        labels, rows = batch[key], getattr(data, "shape", (None,))[0]
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: 'labels' is not a list of integers ({e}); {fix}") from None
+    if labels.ndim != 1 or len(labels) != rows:
+        raise DatasetError(f"{path} holds {labels.shape} labels for {rows} images in 'data', expected one each; {fix}")
+    return labels
+
+
+def _npz_rows(path: Path, npz, key: str) -> int:
+    """The first dimension of array `key` in an .npz: from its .npy header alone, else by reading it."""
+    if key not in npz.files:
+        raise DatasetError(f"{path} has keys {npz.files}, expected {key!r}")
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):  # an unusual member or header version
+        shape = npz[key].shape
+    return shape[0] if shape else 0
 
 
 def to_rows(images: np.ndarray) -> np.ndarray:
