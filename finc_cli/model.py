@@ -8,6 +8,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from finc_cli.config import MEMORY_CHOICES, Config, ModelConfig
 from finc_cli.dataset_shapes import dataset_info
@@ -247,9 +248,15 @@ class FlowModel(nn.Module):
         if self.dequantizer is None:
             u, log_q = noise, 0.0
         else:
-            u, log_q = self.dequantizer(x, noise)
+            u, log_q = self._dequantize_noise(x, noise)
         v = (x.to(u.dtype) + u) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
         return bits_per_dim(log_q - self.log_prob(v), self.num_dims, self.bins)
+
+    def _dequantize_noise(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u ~ q(u | x) and log q; outside `store` its activations are recomputed in backward, not kept."""
+        if self.memory == "store" or not torch.is_grad_enabled():
+            return self.dequantizer(x, noise)
+        return checkpoint(self.dequantizer, x, noise, use_reentrant=False)
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """(B,) log-density of the bin-scaled dequantized image v (what `forward` turns into bits/dim)."""

@@ -4,7 +4,8 @@ Meant for a lent GPU machine, run from the source tree with its own torch / CuPy
 install step (`make gpu-check`). Sections, in order of value: `pytest -m gpu` (output streamed);
 one FInC unit's forward and its inverse on every backend at the presets' level shapes; the
 cifar10 and imagenet64 models' FT and ST beside a same-depth Glow; the four `model.conv` choices
-(the paper's ST comparison); one training step of the celeba64 model in float32 and bf16. Timings
+(the paper's ST comparison); one training step of the celeba64 model in float32 and bf16; the
+imagenet64 model's training memory per `train.memory` mode (K = 8 and 32, a 16 GB budget). Timings
 use the shared benchmark timing (CUDA events, warm-up, interleaved repeats, medians), and every
 fast path is checked against the wavefront inverse before it is timed.
 
@@ -31,6 +32,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from finc_cli.bench.memory import MEMORY_COLUMNS, memory_rows
 from finc_cli.bench.model import ft_st_rows
 from finc_cli.bench.tables import markdown_table
 from finc_cli.bench.timing import environment, summarize, time_interleaved
@@ -70,16 +72,17 @@ MODEL_PRESETS = ("cifar10", "imagenet64")
 MODEL_BATCHES = (1, 100)
 CONV_PRESET, CONV_BATCH, CONVS = "cifar10", 100, ("finc", "emerging", "cinc", "none")  # the paper's ST table
 TRAIN_PRESET, TRAIN_BATCHES, TRAIN_PRECISIONS = "celeba64", (32, 64), ("32", "bf16")
-SECTIONS = ("tests", "units", "models", "convs", "train")
+SECTIONS = ("tests", "units", "models", "convs", "train", "memory")
 # Seconds per section (about 7.5 min in all, inside a 10-minute call); a row that starts past its
 # section's budget is skipped, a row already running finishes.
-BUDGETS_S = {"tests": 180, "units": 60, "models": 90, "convs": 60, "train": 60}
+BUDGETS_S = {"tests": 170, "units": 60, "models": 90, "convs": 60, "train": 60, "memory": 50}
 PLAN = {  # what each section measures on the GPU
     "tests": {"paths": ("tests",), "timeout_s": BUDGETS_S["tests"]},
     "units": {"shapes": LEVEL_SHAPES, "batches": BATCHES},
     "models": {"presets": MODEL_PRESETS, "batches": MODEL_BATCHES},
     "convs": {"preset": CONV_PRESET, "batch": CONV_BATCH},
     "train": {"preset": TRAIN_PRESET, "batches": TRAIN_BATCHES, "precisions": TRAIN_PRECISIONS},
+    "memory": {"preset": "imagenet64", "batch": 10, "steps_per_level": (8, 32), "budget_gb": 16.0, "rounds": 3},
 }
 TINY = {"model.levels": 2, "model.steps": 1, "model.hidden": 8}  # a digits model that builds in milliseconds
 DRY_RUN = {  # every section on tiny shapes; the inverse seam and the models on the wavefront inverse
@@ -88,6 +91,7 @@ DRY_RUN = {  # every section on tiny shapes; the inverse seam and the models on 
     "models": {"presets": ("digits",), "batches": (2,), "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
     "convs": {"preset": "digits", "batch": 2, "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
     "train": {"preset": "digits", "batches": (2,), "precisions": TRAIN_PRECISIONS, "overrides": TINY},
+    "memory": {"preset": "digits", "batch": 4, "steps_per_level": (1,), "overrides": TINY, "rounds": 1},
 }
 
 UNIT_COLUMNS = [
@@ -417,6 +421,7 @@ TABLES = {
     "models": ("Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
     "convs": ("Invertible convolutions, the paper's ST comparison (ms, CUDA-event medians)", CONV_COLUMNS),
     "train": ("One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
+    "memory": ("Training memory per train.memory mode (one step; peak above model and Adam state)", MEMORY_COLUMNS),
 }
 
 
@@ -452,6 +457,7 @@ def _runner(name: str) -> Callable[..., object]:
         "models": preset_rows,
         "convs": conv_rows,
         "train": train_step_rows,
+        "memory": memory_rows,
     }[name]
 
 

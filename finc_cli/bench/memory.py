@@ -46,8 +46,12 @@ MEMORY_COLUMNS = [
     ("batch", "batch", "d"),
     ("state MB", "state_mb", ".0f"),
     ("peak MB", "peak_mb", ".0f"),
-    ("÷ store", "mem_vs_store", ".1%"),
-    ("÷ K-min", "growth", ".2f"),
+    ("grads MB", "grad_mb", ".0f"),
+    ("activations MB", "act_mb", ".0f"),
+    ("act ÷ store", "act_vs_store", ".1%"),
+    ("peak ÷ store", "mem_vs_store", ".1%"),
+    ("act ÷ K-min", "act_growth", ".2f"),
+    ("peak ÷ K-min", "growth", ".2f"),
     ("step s", "step_s", ".3g"),
     ("time ÷ store", "time_vs_store", ".2f"),
     ("budget batch", "budget_batch", "s"),
@@ -100,7 +104,11 @@ def _trim() -> None:
 
 
 def measure_step(preset: str, overrides: dict, batch: int, mode: str, device: str = "cpu") -> dict:
-    """{state_mb, peak_mb, step_s} of one training step at `batch` in memory mode `mode`, in this process."""
+    """{state_mb, peak_mb, grad_mb, act_mb, step_s} of one training step at `batch` in memory mode `mode`, here.
+
+    grad_mb is the parameters' gradients (part of every mode's peak, ∝ K); act_mb = peak_mb − grad_mb is
+    what the step keeps or rebuilds besides them: activations, recomputed graphs, temporaries.
+    """
     dev = resolve_device(device)
     model, optimizer = _build(preset, overrides, dev)
     model.set_memory(mode)
@@ -125,7 +133,14 @@ def measure_step(preset: str, overrides: dict, batch: int, mode: str, device: st
         _train_step(model, optimizer, x)
         seconds = time.perf_counter() - t0
         peak = _status_kb()["VmHWM"] * 1024 - before
-    return {"state_mb": before / MB, "peak_mb": peak / MB, "step_s": seconds}
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / MB
+    return {
+        "state_mb": before / MB,
+        "peak_mb": peak / MB,
+        "grad_mb": grads,
+        "act_mb": peak / MB - grads,
+        "step_s": seconds,
+    }
 
 
 def _measure(preset: str, overrides: dict, batch: int, mode: str, device: str, threads: int) -> dict:
@@ -190,8 +205,13 @@ def memory_rows(
     overrides: Optional[dict] = None,
     progress: Optional[Callable[[str], None]] = None,
     threads: Optional[int] = None,
+    deadline: Optional[float] = None,
 ) -> list[dict]:
-    """One row per (steps per level K, mode); the time ratio and the budget batch at the preset's K (the last K)."""
+    """One row per (steps per level K, mode); the time ratio and the budget batch at the preset's K (the last K).
+
+    `deadline` (time.perf_counter()): a row that would start later is left out and the rows so far are returned,
+    the last one noting it (`make gpu-check`'s section budget).
+    """
     overrides = dict(overrides or {})
     threads = threads or torch.get_num_threads()
     ks = list(steps_per_level or [load_preset(preset, overrides).model.steps])
@@ -200,6 +220,9 @@ def memory_rows(
     for k in ks:
         over = {**overrides, "model.steps": k}
         for mode in modes:
+            if deadline is not None and time.perf_counter() > deadline:
+                rows.append({"preset": preset, "steps_per_level": k, "memory": mode, "note": "skipped: time budget"})
+                return rows
             say(f"K={k} {mode} batch {batch}: peak memory")
             row = {"preset": preset, "steps_per_level": k, "memory": mode, "batch": batch}
             rows.append({**row, **_measure(preset, over, batch, mode, device, threads)})
@@ -212,21 +235,24 @@ def memory_rows(
         row["step_s"] = seconds[mode]
         if "store" in seconds:
             row["time_vs_store"] = seconds[mode] / seconds["store"]
-    if budget_gb:
+    if budget_gb and not (deadline is not None and time.perf_counter() > deadline):
         for mode, row in at_k.items():
             _fit_budget(row, preset, over, mode, budget_gb * 1024, max_batch, device, threads, say)
     return rows
 
 
 def _relate(rows: list[dict], ks: Sequence[int], modes: Sequence[str]) -> None:
-    """Each row's peak as a share of store's at the same K, and as a multiple of its own mode's at the smallest K."""
-    peak = {(r["steps_per_level"], r["memory"]): r["peak_mb"] for r in rows}
+    """Each row's peak and activations as a share of store's at the same K, and as a multiple of its own mode's
+    at the smallest K."""
+    got = {(r["steps_per_level"], r["memory"]): r for r in rows}
     for r in rows:
         k, mode = r["steps_per_level"], r["memory"]
-        if (k, "store") in peak:
-            r["mem_vs_store"] = r["peak_mb"] / peak[(k, "store")]
+        if (k, "store") in got:
+            r["mem_vs_store"] = r["peak_mb"] / got[(k, "store")]["peak_mb"]
+            r["act_vs_store"] = r["act_mb"] / got[(k, "store")]["act_mb"]
         if len(ks) > 1:
-            r["growth"] = r["peak_mb"] / peak[(ks[0], mode)]
+            r["growth"] = r["peak_mb"] / got[(ks[0], mode)]["peak_mb"]
+            r["act_growth"] = r["act_mb"] / got[(ks[0], mode)]["act_mb"]
 
 
 def _fit_budget(row, preset, overrides, mode, budget_mb, max_batch, device, threads, say) -> None:
