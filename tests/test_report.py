@@ -42,7 +42,7 @@ def synthetic_run(folder: Path) -> Path:
         {"step": 40, "loss_bpd": 2.1, "lr": 2e-4, "grad_norm": 0.9, "it_s": 3.0, "elapsed_s": 6.5, "data_s": 0.0,
          "compute_s": 0.5},
         {"step": 40, "val_bpd": 2.45, "val_bpd_stderr": 0.01, "val_bpd_ema": 2.45, "val_bpd_raw": 2.5,
-         "val_weights": "ema", "recon_max_err": 5e-6},
+         "val_weights": "ema", "recon_max_err": 5e-6, "rebuild_max_err": 3e-7},
     ]  # fmt: skip
     folder.mkdir()
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 50, "loss_bpd": 2.0, "lr'
@@ -69,6 +69,7 @@ def test_summary_of_a_resumed_run_with_a_cut_last_line(tmp_path):
     assert s["wall_s"] == pytest.approx(8.0 + 6.5), "elapsed_s restarts at a resume: the sessions add up"
     assert s["data_wait_share"] == pytest.approx(0.125)  # median of 0.25, 0.5, 0, 0
     assert (s["recon_max_err"], s["recon_worst_err"], s["health_warnings"]) == (5e-6, 2e-3, 1)
+    assert s["rebuild_max_err"] == 3e-7  # train.memory invert's rebuilt inputs, latest
 
 
 def test_report_png_has_the_panels_and_size(tmp_path):

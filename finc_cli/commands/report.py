@@ -124,6 +124,7 @@ def summarize(records: list[dict], config: Optional[dict] = None) -> dict[str, A
         "wall_s": _wall_seconds([r for r, _ in train]),
         "recon_max_err": health[-1]["recon_max_err"] if health else None,
         "recon_worst_err": max((r["recon_max_err"] for r in health), default=None),
+        "rebuild_max_err": next((r["rebuild_max_err"] for r in reversed(evals) if "rebuild_max_err" in r), None),
         "health_threshold": train_cfg.get("health_threshold"),
         "health_warnings": sum(1 for r in evals if r.get("health_warning")),
         "decode_amplification": next(
@@ -249,6 +250,13 @@ def _plot_health(ax, records: list[dict], summary: dict) -> None:
     if evals:
         errs = [max(r["recon_max_err"], 1e-12) for r in evals]  # exact zero drawn at the floor of the log axis
         ax.semilogy([r["step"] for r in evals], errs, color="tab:brown", marker="o", ms=4, lw=1)
+    rebuilt = [r for r in evals if isinstance(r.get("rebuild_max_err"), (int, float))]
+    if rebuilt:  # train.memory invert: the rebuilt layer inputs' error (docs/training.md §18)
+        ys = [max(r["rebuild_max_err"], 1e-12) for r in rebuilt]
+        ax.semilogy(
+            [r["step"] for r in rebuilt], ys, color="tab:purple", marker="s", ms=3, lw=1, label="rebuilt inputs"
+        )
+        errs = errs + ys
     _plot_amplification(ax, records)
     threshold = summary["health_threshold"]
     if isinstance(threshold, (int, float)) and threshold > 0:

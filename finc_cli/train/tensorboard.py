@@ -27,6 +27,7 @@ _SCALARS = {
     "val_bpd_raw": "val/bpd_raw",
     "val_bpd_ema": "val/bpd_ema",
     "recon_max_err": "health/recon_max_err",
+    "rebuild_max_err": "health/rebuild_max_err",
     "decode_amplification": "health/decode_amplification",
     "roundtrip_wrong_share": "health/roundtrip_wrong_share",
     "finc_gain_max": "health/finc_gain_max",
