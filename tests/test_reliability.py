@@ -312,11 +312,12 @@ def _events(out: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("event") == kind]
 
 
-def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("memory", ["store", "invert"])  # invert rebuilds activations by the inverse in backward
+def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch, memory):
     out = tmp_path / "run"
     inject = _Inject(monkeypatch, out, lambda k, net, lp: lp * float("nan") if k in (6, 7) else lp, watch=(7,))
     log = _Log()
-    summary = train_mod.train(_guard_cfg(8, checkpoint_every=4), out, reporter=log)
+    summary = train_mod.train(_guard_cfg(8, checkpoint_every=4, memory=memory), out, reporter=log)
     bad = _events(out, "nonfinite")
     assert [(e["step"], e["loss_bpd"]) for e in bad] == [(6, None), (7, None)]  # recorded, not replaced
     assert all("non-finite loss (nan)" in e["reason"] for e in bad)
@@ -334,7 +335,7 @@ def test_nan_loss_is_skipped_logged_and_rolled_back(tmp_path, monkeypatch):
     assert any(line.startswith("step 6: non-finite loss") for line in log.lines)
     assert any("rolled back" in line and "step 4" in line for line in log.lines)
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
-    cfg = _guard_cfg(8)
+    cfg = _guard_cfg(8, memory=memory)
     assert lrs[8] == pytest.approx(cfg.train.lr * lr_factor(7, cfg) * 0.5)  # halved after the rollback
     # the EMA count: 5 applied updates, back to step 4's count at the rollback, then step 8's update
     assert read_checkpoint(out / "last.pt")["ema"]["updates"] == 5
