@@ -200,6 +200,8 @@ def test_manipulate_errors_are_one_line(digit_directions, tmp_path):
 
     _one_line_exit_2(run("--attribute", "Smiling"), "no attribute 'Smiling'", "valid: 0, 1, 2")
     _one_line_exit_2(run("--attribute", "3,4"), "takes one name")
+    missing = run()
+    assert missing.exit_code == 2 and "Missing option '--attribute'" in missing.output
     _one_line_exit_2(run("--attribute", "3", "--alpha", "1,x"), "--alpha must be finite numbers")
     _one_line_exit_2(run("--attribute", "3", "--alpha", "nan"), "--alpha must be finite numbers")
     _one_line_exit_2(run("--attribute", "3", d=tmp_path / "none.pt"), "does not exist", "finc attributes")

@@ -32,12 +32,12 @@ def register(app: typer.Typer) -> None:
 def manipulate_cli(
     checkpoint: CheckpointArg,
     images: Annotated[list[str], typer.Argument(help="Image files, one strip row each (the model's size).")],
+    attribute: Annotated[
+        str, typer.Option("--attribute", "-a", help="The attribute or class to move along (a name in --directions).")
+    ],
     directions: Annotated[
         str, typer.Option("--directions", "-d", help="Directions file written by `finc attributes` for this model.")
     ] = "directions.pt",
-    attribute: Annotated[str, typer.Option("--attribute", "-a", help="The attribute or class to move along.")] = (
-        "Smiling"
-    ),
     alpha: Annotated[
         str, typer.Option("--alpha", help="Steps α along the direction, a comma list: one column each (z + α·d).")
     ] = "-1,0,1,2",

@@ -19,7 +19,7 @@ __all__ = [
     "attributes",
     "DIRECTIONS_FORMAT",
     "label_names",
-    "latent_directions",
+    "latent_sums",
     "load_directions",
     "pick_names",
     "save_directions",
@@ -63,13 +63,14 @@ def pick_names(
 
 
 @torch.no_grad()
-def latent_directions(model, batches, num_labels: int) -> tuple[list[torch.Tensor], torch.Tensor, int]:
-    """(sums, counts, n): per latent k, sums[k] (A, C, H, W) = Σ over images with label a of z_k (float64);
-    counts (A,) how many images have each label a; n the number of images.
+def latent_sums(model, batches, num_labels: int) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """(sums, counts, n): per latent k, sums[k] (A + 1, C, H, W) in float64, row a the Σ of z_k over the images
+    with label a and the last row the Σ over every image; counts (A,) how many images have each label; n the
+    number of images.
 
     `batches` yields (uint8 images (B, C, H, W), labels (B,) classes or (B, A) {0, 1}); every image is
     encoded with `model.encode` (centre dequantization). The direction of label a is then
-    sums/counts − (totals − sums)/(n − counts), the totals being the sums over every image.
+    sums[a]/counts[a] − (sums[A] − sums[a])/(n − counts[a]).
     """
     sums: Optional[list[torch.Tensor]] = None
     totals: Optional[list[torch.Tensor]] = None
@@ -176,7 +177,7 @@ def attributes(
             if callback is not None:
                 callback(x.shape[0])
 
-    sums, counts, total = latent_directions(run.model, batches(), ds.labels.num_classes)
+    sums, counts, total = latent_sums(run.model, batches(), ds.labels.num_classes)
     idx = torch.tensor(picked)
     with_a = counts[idx]
     without = total - with_a
