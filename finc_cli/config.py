@@ -22,6 +22,7 @@ __all__ = [
     "Config",
     "config_from_dict",
     "CONV_CHOICES",
+    "COUPLING_CHOICES",
     "config_yaml",
     "DataConfig",
     "list_presets",
@@ -74,7 +75,8 @@ class ModelConfig:
     kernel_size: int = 3  # k of the invertible k×k convolutions (every conv choice)
     hidden: int = 64  # width of the coupling networks
     conv1x1: str = "lu"  # lu | plain
-    max_log_scale: float = 2.0  # bound on the coupling log-scale (tanh-bounded)
+    coupling: str = "affine"  # affine | additive (shift only, log-det 0), as in Glow; docs/model.md §5
+    max_log_scale: float = 2.0  # bound on the coupling log-scale (tanh-bounded; affine only)
     alpha: float = 0.05  # logit preprocessing: map to [alpha, 1 - alpha]
     conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
     finc_gain_cap: Optional[float] = None  # bound on every FInC unit's ‖A⁻¹‖₂ (docs/inverse.md §12); null: off
@@ -124,6 +126,7 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
+COUPLING_CHOICES = ("affine", "additive")
 MEMORY_CHOICES = ("store", "checkpoint", "invert")
 
 
@@ -255,6 +258,10 @@ def validate(cfg: Config) -> None:
         (m.conv1x1 in ("lu", "plain"), "model.conv1x1 must be 'lu' or 'plain'"),
         (m.conv in CONV_CHOICES, f"model.conv must be one of {', '.join(CONV_CHOICES)}, got {m.conv!r}"),
         (0.0 <= m.alpha < 0.5, "model.alpha must be in [0, 0.5)"),
+        (
+            m.coupling in COUPLING_CHOICES,
+            f"model.coupling must be one of {', '.join(COUPLING_CHOICES)}, got {m.coupling!r}",
+        ),
         (m.max_log_scale > 0, "model.max_log_scale must be > 0"),
         (m.finc_gain_cap is None or m.finc_gain_cap > 1, "model.finc_gain_cap must be > 1 or null"),
         (

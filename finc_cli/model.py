@@ -64,7 +64,8 @@ def level_channels(channels: int, levels: int) -> list[int]:
 
 
 def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
-    """k×k conv → ActNorm → 1×1 conv → affine coupling; the k×k conv is cfg.conv's (none: a Glow step).
+    """k×k conv → ActNorm → 1×1 conv → coupling (cfg.coupling: affine or additive); the k×k conv is cfg.conv's
+    (none: a Glow step).
 
     The conv is named after its kind ("finc", "emerging", "cinc"): FInC checkpoints keep their keys.
     Its construction leaves the global RNG where it was (FlowModel draws the conv weights last), so
@@ -77,7 +78,7 @@ def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
         layers[cfg.conv] = conv
     layers["actnorm"] = ActNorm(channels)
     layers["conv1x1"] = InvConv1x1(channels, lu=cfg.conv1x1 == "lu")
-    layers["coupling"] = AffineCoupling(channels, cfg.hidden, cfg.max_log_scale)
+    layers["coupling"] = AffineCoupling(channels, cfg.hidden, cfg.max_log_scale, additive=cfg.coupling == "additive")
     return FlowSequential(layers)
 
 

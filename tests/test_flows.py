@@ -55,8 +55,8 @@ def _conv1x1(lu):
     return layer
 
 
-def _coupling(c=4):
-    layer = AffineCoupling(c, hidden=8, max_log_scale=2.0)
+def _coupling(c=4, additive=False):
+    layer = AffineCoupling(c, hidden=8, max_log_scale=2.0, additive=additive)
     with torch.no_grad():
         layer.net[-1].weight.normal_(0, 0.3)  # not the identity
         layer.net[-1].bias.normal_(0, 0.3)
@@ -143,6 +143,7 @@ LAYERS: dict[str, Callable[[], Case]] = {
     "conv1x1_lu": lambda: _flow(_conv1x1(True), 4, 3, 3),
     "conv1x1_plain": lambda: _flow(_conv1x1(False), 4, 3, 3),
     "coupling": lambda: _flow(_coupling(), 4, 3, 3),
+    "coupling_additive": lambda: _flow(_coupling(5, additive=True), 5, 3, 3),
     **{f"emerging_k{k}": (lambda k=k: _flow(_randomized(EmergingConv2d(3, k)), 3, 3, 4)) for k in (1, 2, 3, 4)},
     **{f"cinc_k{k}": (lambda k=k: _flow(_randomized(CInCConv2d(3, k)), 3, 3, 4)) for k in (1, 2, 3, 4)},
     "autoregressive": lambda: _flow(_randomized(AutoregressiveConv2d(3, 3, (1, 1, 2, 0))), 3, 3, 4),

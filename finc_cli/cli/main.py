@@ -7,7 +7,20 @@ from typing import Annotated
 import typer
 
 from finc_cli import __version__
-from finc_cli.cli import benchmark, compare, data, evaluate, interpolate, invert, presets, report, sample, train
+from finc_cli.cli import (
+    attributes,
+    benchmark,
+    compare,
+    data,
+    evaluate,
+    interpolate,
+    invert,
+    manipulate,
+    presets,
+    report,
+    sample,
+    train,
+)
 from finc_cli.cli.common import console, state
 
 __all__ = ["app", "EXIT_CODES", "main", "root"]
@@ -49,7 +62,20 @@ def root(
 
 
 # The order of `finc --help`: the run's life cycle first, then the tools around it.
-for _command in (train, evaluate, sample, invert, benchmark, data, compare, interpolate, presets, report):
+for _command in (
+    train,
+    evaluate,
+    sample,
+    invert,
+    benchmark,
+    data,
+    compare,
+    interpolate,
+    attributes,
+    manipulate,
+    presets,
+    report,
+):
     _command.register(app)
 
 

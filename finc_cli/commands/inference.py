@@ -9,7 +9,8 @@ import torch
 
 from finc_cli import checkpoint as checkpoints
 from finc_cli.config import Config
-from finc_cli.data.load import get_dataset
+from finc_cli.data.labels import LabelledDataset
+from finc_cli.data.load import get_dataset, get_labelled_dataset
 from finc_cli.model import FlowModel
 from finc_cli.runtime.device import resolve_device
 
@@ -32,6 +33,11 @@ class Inference:
         """A split of the checkpoint's dataset: the prepared cache if current, else the sources."""
         data_dir, cache_dir = self.data_dir or self.cfg.data.data_dir, self.cache_dir or self.cfg.data.cache_dir
         return get_dataset(self.cfg.data.name, split, data_dir, cache_dir=cache_dir, notify=self.notify)
+
+    def labelled_dataset(self, split: str) -> LabelledDataset:
+        """`dataset(split)` with its labels (a missing or broken label file: one line naming it)."""
+        data_dir, cache_dir = self.data_dir or self.cfg.data.data_dir, self.cache_dir or self.cfg.data.cache_dir
+        return get_labelled_dataset(self.cfg.data.name, split, data_dir, cache_dir=cache_dir, notify=self.notify)
 
 
 def load_inference(

@@ -20,6 +20,7 @@ __all__ = [
     "default_scale",
     "load_images",
     "save_grid",
+    "save_labelled_columns",
     "save_labelled_rows",
     "save_pairs_grid",
     "save_png",
@@ -145,14 +146,53 @@ def save_labelled_rows(
     return {"scale": scale, "label_width": label_width, "row_height": row_height}
 
 
+def save_labelled_columns(
+    images, labels: Sequence[str], path: Union[str, os.PathLike], bins: int, scale: Optional[int] = None
+) -> dict:
+    """Write images (N, C, H, W) as a grid of len(labels) columns, each column's label in a top margin.
+
+    The picture below the margin is exactly what save_grid writes with nrow=len(labels) and the
+    same scale. Returns {"scale", "label_height", "column_width"} in output pixels.
+    """
+
+    _check_scale(scale)
+    if not labels or images.shape[0] % len(labels):
+        raise InputError(f"{images.shape[0]} images do not fill rows of {len(labels)} labelled columns")
+    grid = _grid(to_uint8_255(images, bins), len(labels))  # (C, H', W')
+    scale = scale or default_scale(grid.shape[-1])
+    body = _to_pil(grid, scale)
+    pad = PADDING * scale
+    column_width = (images.shape[-1] + PADDING) * scale  # one column's stride in the picture
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    for size in range(max(8, min(32, (column_width - pad) // 3)), 7, -1):  # the largest that fits every column
+        font = _font(size)
+        boxes = [measure.textbbox((0, 0), text, font=font) for text in labels]
+        if max(box[2] - box[0] for box in boxes) <= column_width - pad:
+            break
+    label_height = max(box[3] - box[1] for box in boxes) + 2 * max(pad, 4)
+    picture = Image.new(body.mode, (body.width, body.height + label_height), 0)
+    picture.paste(body, (0, label_height))
+    draw = ImageDraw.Draw(picture)
+    white = 255 if body.mode == "L" else (255, 255, 255)
+    for j, (text, box) in enumerate(zip(labels, boxes)):
+        x = j * column_width + pad + (column_width - pad - (box[2] - box[0])) // 2 - box[0]
+        draw.text((x, max(pad, 4) - box[1]), text, fill=white, font=font)
+    with atomic_path(Path(path)) as tmp:
+        picture.save(tmp, format="PNG")
+    return {"scale": scale, "label_height": label_height, "column_width": column_width}
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
 def _with_labels(body, labels: Sequence[str], row_height: int, pad: int):
     """(body with a black left margin holding each row's label in white, the margin's width)."""
 
-    size = max(10, min(32, (row_height - pad) // 3))
-    try:
-        font = ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = _font(max(10, min(32, (row_height - pad) // 3)))
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
     boxes = [measure.textbbox((0, 0), text, font=font) for text in labels]
     label_width = max(box[2] - box[0] for box in boxes) + 2 * max(pad, 4)
