@@ -110,6 +110,7 @@ def test_rows_past_their_deadline_are_skipped(emulated_cupy):
     assert [row["note"] for row in train] == ["skipped: time budget"] * 4
     assert gc.preset_rows(device="cpu", deadline=0.0)[0]["note"] == "skipped: time budget"
     assert gc.memory_rows("digits", 2, device="cpu", deadline=0.0)[0]["note"] == "skipped: time budget"
+    assert gc.torchrun_row(device="cpu", deadline=0.0)[0]["note"] == "skipped: time budget"
     assert not emulated_cupy.launches
 
 
@@ -161,12 +162,14 @@ def test_dry_run_of_every_section(emulated_cupy, monkeypatch, tmp_path, capsys):
     assert all(r["st_ms"] > 0 for r in result["convs"])
     assert [(r["precision"], r.get("note")) for r in result["train"]] == [("32", None), ("bf16", None)]
     assert all(isinstance(r["step_ms"], float) and r["step_ms"] > 0 for r in result["train"])
+    (launched,) = result["torchrun"]  # `finc train` under torchrun, gloo on the CPU
+    assert launched["returncode"] == 0 and launched["world_size"] == 1 and launched["steps"] == 2, launched
     memory = {(r["steps_per_level"], r["memory"]): r for r in result["memory"]}
     assert sorted(memory) == [(1, m) for m in sorted(("store", "checkpoint", "invert"))]
     assert all(r["peak_mb"] >= 0 and r["state_mb"] > 0 for r in memory.values())
     assert memory[(1, "store")]["time_vs_store"] == 1.0 and memory[(1, "invert")]["time_vs_store"] > 0
 
     # Each table is printed as its section ends, in order.
-    titles = [gc.TABLES[name][0] for name in ("units", "convs", "train", "memory")]
+    titles = [gc.TABLES[name][0] for name in ("units", "convs", "train", "torchrun", "memory")]
     assert all(t in printed.out for t in titles)
     assert sorted(titles, key=printed.out.index) == titles

@@ -4,10 +4,11 @@ Meant for a lent GPU machine, run from the source tree with its own torch / CuPy
 install step (`make gpu-check`). Sections, in order of value: `pytest -m gpu` (output streamed);
 one FInC unit's forward and its inverse on every backend at the presets' level shapes; the
 cifar10 and imagenet64 models' FT and ST beside a same-depth Glow; the four `model.conv` choices
-(the paper's ST comparison); one training step of the celeba64 model in float32 and bf16; the
-imagenet64 model's training memory per `train.memory` mode (K = 8 and 32, a 16 GB budget). Timings
-use the shared benchmark timing (CUDA events, warm-up, interleaved repeats, medians), and every
-fast path is checked against the wavefront inverse before it is timed.
+(the paper's ST comparison); one training step of the celeba64 model in float32 and bf16; 20 digits
+steps of `finc train` under torchrun (NCCL, DDP, pinned prefetch); the imagenet64 model's
+training memory per `train.memory` mode (K = 8 and 32, a 16 GB budget). Timings use the shared
+benchmark timing (CUDA events, warm-up, interleaved repeats, medians), and every fast path is
+checked against the wavefront inverse before it is timed.
 
 Each section has its own time budget (BUDGETS_S, checked before every row); one that raises is
 recorded and the next still runs; after each, the JSON (default $OUT/gpu_check.json) is rewritten
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -60,6 +62,7 @@ __all__ = [
     "render",
     "render_section",
     "run_gpu_tests",
+    "torchrun_row",
     "train_step_rows",
     "unit_rows",
 ]
@@ -72,16 +75,17 @@ MODEL_PRESETS = ("cifar10", "imagenet64")
 MODEL_BATCHES = (1, 100)
 CONV_PRESET, CONV_BATCH, CONVS = "cifar10", 100, ("finc", "emerging", "cinc", "none")  # the paper's ST table
 TRAIN_PRESET, TRAIN_BATCHES, TRAIN_PRECISIONS = "celeba64", (32, 64), ("32", "bf16")
-SECTIONS = ("tests", "units", "models", "convs", "train", "memory")
+SECTIONS = ("tests", "units", "models", "convs", "train", "torchrun", "memory")
 # Seconds per section (about 7.5 min in all, inside a 10-minute call); a row that starts past its
 # section's budget is skipped, a row already running finishes.
-BUDGETS_S = {"tests": 170, "units": 60, "models": 90, "convs": 60, "train": 60, "memory": 50}
+BUDGETS_S = {"tests": 160, "units": 60, "models": 90, "convs": 60, "train": 50, "torchrun": 45, "memory": 45}
 PLAN = {  # what each section measures on the GPU
     "tests": {"paths": ("tests",), "timeout_s": BUDGETS_S["tests"]},
     "units": {"shapes": LEVEL_SHAPES, "batches": BATCHES},
     "models": {"presets": MODEL_PRESETS, "batches": MODEL_BATCHES},
     "convs": {"preset": CONV_PRESET, "batch": CONV_BATCH},
     "train": {"preset": TRAIN_PRESET, "batches": TRAIN_BATCHES, "precisions": TRAIN_PRECISIONS},
+    "torchrun": {"preset": "digits", "steps": 20, "timeout_s": BUDGETS_S["torchrun"]},
     "memory": {"preset": "imagenet64", "batch": 10, "steps_per_level": (8, 32), "budget_gb": 16.0, "rounds": 3},
 }
 TINY = {"model.levels": 2, "model.steps": 1, "model.hidden": 8}  # a digits model that builds in milliseconds
@@ -91,6 +95,7 @@ DRY_RUN = {  # every section on tiny shapes; the inverse seam and the models on 
     "models": {"presets": ("digits",), "batches": (2,), "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
     "convs": {"preset": "digits", "batch": 2, "overrides": TINY, "backends": ("wavefront",), "repeats": 1},
     "train": {"preset": "digits", "batches": (2,), "precisions": TRAIN_PRECISIONS, "overrides": TINY},
+    "torchrun": {"preset": "digits", "steps": 2, "sets": TINY, "timeout_s": 90},
     "memory": {"preset": "digits", "batch": 4, "steps_per_level": (1,), "overrides": TINY, "rounds": 1},
 }
 
@@ -142,6 +147,18 @@ TRAIN_COLUMNS = [
     ("step ms", "step_ms", ".3g"),
     ("images/s", "images_per_s", ".0f"),
     ("peak GiB", "peak_gib", ".2f"),
+    ("note", "note", "s"),
+]
+
+TORCHRUN_COLUMNS = [
+    ("preset", "preset", "s"),
+    ("steps", "steps", "d"),
+    ("device", "device", "s"),
+    ("processes", "world_size", "d"),
+    ("exit", "returncode", "d"),
+    ("seconds", "seconds", ".1f"),
+    ("val bits/dim", "val_bpd", ".4f"),
+    ("images/s", "images_per_s", ".0f"),
     ("note", "note", "s"),
 ]
 
@@ -388,6 +405,45 @@ def train_step_rows(
     return rows
 
 
+def torchrun_row(
+    preset: str = "digits",
+    steps: int = 20,
+    device: str = "cuda",
+    sets: Optional[dict] = None,
+    timeout_s: float = 60,
+    deadline: Optional[float] = None,
+) -> list[dict]:
+    """`torchrun --standalone --nproc_per_node=1 -m finc_cli train` for `steps` steps: the process group (NCCL on
+    CUDA, gloo on the CPU), DDP and the pinned-memory prefetch end to end. One row: exit code, seconds, the summary."""
+    row: dict = {"preset": preset, "steps": steps, "device": device}
+    if _late(deadline):
+        return [{**row, "note": "skipped: time budget"}]
+    args = ["--preset", preset, "--steps", str(steps), "--device", device, "--json", "--quiet"]
+    args += [a for key, value in (sets or {}).items() for a in ("--set", f"{key}={value}")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        cmd = [*launch, "-m", "finc_cli", "train", *args, "--out", str(Path(folder) / "run")]
+        try:
+            done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return [
+                {
+                    **row,
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "note": f"failed: timed out after {timeout_s} s",
+                }
+            ]
+    row.update(returncode=done.returncode, seconds=round(time.perf_counter() - start, 1))
+    if done.returncode != 0:
+        tail = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        return [{**row, "note": f"failed: exit {done.returncode}: {tail}"}]
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    keys = ("world_size", "device", "steps", "val_bpd", "images_per_s")
+    return [{**row, **{k: summary.get(k) for k in keys if k in summary}}]
+
+
 def _train_step_ms(model, x: torch.Tensor, device: torch.device) -> float:
     """Median ms of zero_grad, forward (bits/dim), backward and an Adam step; peak memory counted from here."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -421,6 +477,7 @@ TABLES = {
     "models": ("Models (ms, CUDA-event medians; random weights and images)", MODEL_COLUMNS),
     "convs": ("Invertible convolutions, the paper's ST comparison (ms, CUDA-event medians)", CONV_COLUMNS),
     "train": ("One training step (forward, backward, Adam; random images)", TRAIN_COLUMNS),
+    "torchrun": ("torchrun, one process: `finc train` end to end", TORCHRUN_COLUMNS),
     "memory": ("Training memory per train.memory mode (one step; peak above model and Adam state)", MEMORY_COLUMNS),
 }
 
@@ -457,6 +514,7 @@ def _runner(name: str) -> Callable[..., object]:
         "models": preset_rows,
         "convs": conv_rows,
         "train": train_step_rows,
+        "torchrun": torchrun_row,
         "memory": memory_rows,
     }[name]
 
