@@ -37,7 +37,10 @@ def evaluate_bpd(
             x, y = _batch(model, ds, idx, device)
             # Noise seeded by the batch's first image index: repeatable for a given batch size and process count.
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))
-            draws = torch.stack([model(x, generator=g, y=y).double().cpu() for _ in range(samples)])  # (K, B) bits/dim
+            given = {} if y is None else {"y": y}  # an unconditional model's forward is called as it always was
+            draws = torch.stack(
+                [model(x, generator=g, **given).double().cpu() for _ in range(samples)]
+            )  # (K, B) bits/dim
             first.append(draws[0])
             log_w = -draws * nats_per_bpd  # (K, B) log-weights in nats
             weighted.append(-(torch.logsumexp(log_w, 0) - math.log(samples)) / nats_per_bpd)
@@ -93,7 +96,7 @@ def evaluate_classes(
 def _batch(model, ds, idx: torch.Tensor, device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(images, classes or None) of `idx` on `device`; the classes only for a class-conditional model."""
     x, y = fetch_labelled(ds, idx)
-    if not model.conditional:
+    if not getattr(model, "conditional", False):
         return x.to(device), None
     if y is None or y.dim() != 1:
         raise ValueError("a class-conditional model is evaluated on a dataset with one class per image")
