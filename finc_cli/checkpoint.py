@@ -113,10 +113,34 @@ def _mismatch(expected: dict, found: dict) -> str:
     return "; ".join(parts)
 
 
+def _conditional_parts(keys) -> tuple[bool, bool]:
+    """(class-conditional priors, class head) of a state dict, from its keys (docs/model.md §14)."""
+    keys = list(keys)
+    return any(k.startswith("top_prior.") for k in keys), any(k.startswith("class_head.") for k in keys)
+
+
+def _check_conditional(expected: dict, found: dict, path) -> None:
+    """One line when class-conditional weights meet an unconditional model or the reverse, or a class head is
+    missing or extra (set by model.conditional and train.class_weight)."""
+    (want_cond, want_head), (has_cond, has_head) = _conditional_parts(expected), _conditional_parts(found)
+    if want_cond != has_cond:
+        kind = "a class-conditional" if has_cond else "an unconditional"
+        raise CheckpointError(
+            f"{path}: holds the weights of {kind} model but the config has model.conditional "
+            f"{str(want_cond).lower()}; use the config the checkpoint was trained with"
+        )
+    if want_head != has_head:
+        raise CheckpointError(
+            f"{path}: {'holds' if has_head else 'has no'} class-head weights but the config has train.class_weight "
+            f"{'0' if has_head else '> 0'}; use the config the checkpoint was trained with"
+        )
+
+
 def load_weights(model, weights: Any, path: Union[str, os.PathLike] = "checkpoint") -> None:
     """Strictly load `weights` into `model`, or raise a CheckpointError summarising the mismatch."""
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
+    _check_conditional(model.state_dict(), weights, path)
     detail = _mismatch(model.state_dict(), weights)
     if detail:
         raise CheckpointError(f"{path}: weights do not match the architecture in its config: {detail}")

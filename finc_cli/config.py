@@ -11,6 +11,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from finc_cli.dataset_shapes import DATASETS, dataset_info
 from finc_cli.errors import ConfigError, InputError
 from finc_cli.files.atomic import atomic_write_text
 from finc_cli.text import comma_list
@@ -80,6 +81,7 @@ class ModelConfig:
     alpha: float = 0.05  # logit preprocessing: map to [alpha, 1 - alpha]
     conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
     finc_gain_cap: Optional[float] = None  # bound on every FInC unit's ‖A⁻¹‖₂ (docs/inverse.md §12); null: off
+    conditional: bool = False  # class-conditional priors p(x | y), classes from the dataset (docs/model.md §14)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "32"  # 32 | bf16
+    class_weight: float = 0.01  # conditional models: weight of the class head's cross-entropy (0: no head; §14)
     memory: str = "store"  # store | checkpoint | invert: what the flow steps keep for backward (docs/training.md §18)
     accumulate: int = 1
     log_every: int = 10
@@ -286,12 +289,19 @@ def validate(cfg: Config) -> None:
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
         (0.0 <= t.ema_decay < 1.0, "train.ema_decay must be in [0, 1) (0 turns EMA off)"),
+        (t.class_weight >= 0, "train.class_weight must be >= 0 (0 turns the class head off)"),
         (cfg.data.translate >= 0, "data.translate must be >= 0"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if m.conditional and cfg.data.name in DATASETS and dataset_info(cfg.data.name).label_kind != "class":
+        info = dataset_info(cfg.data.name)
+        raise ConfigError(
+            f"model.conditional needs one class per image, but {info.name} has {info.num_classes} binary "
+            f"{info.label_kind}; set model.conditional=false"
+        )
 
 
 # What may change when a run is resumed: its length, schedule, batching, logging and where data

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from finc_cli.config import MEMORY_CHOICES, Config, ModelConfig
 from finc_cli.dataset_shapes import dataset_info
-from finc_cli.errors import ConfigError
+from finc_cli.errors import ConfigError, InputError
 from finc_cli.flows.actnorm import ActNorm
 from finc_cli.flows.conv1x1 import InvConv1x1
 from finc_cli.flows.convolutions import conv_kind, make_conv
@@ -21,7 +23,7 @@ from finc_cli.flows.dequantizer import VariationalDequantizer
 from finc_cli.flows.finc_conv import FInCConv2d
 from finc_cli.flows.logit import LogitPreprocess, dequantize, quantize
 from finc_cli.flows.memory import rebuild_error, run_steps
-from finc_cli.flows.multiscale import SplitPrior, Squeeze, gaussian_log_prob, standard_normal
+from finc_cli.flows.multiscale import ClassPrior, SplitPrior, Squeeze, gaussian_log_prob, standard_normal
 from finc_cli.flows.sequential import FlowSequential
 from finc_cli.losses import bits_per_dim
 
@@ -85,12 +87,12 @@ def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
 class Level(nn.Module):
     """Squeeze → K flow steps → split prior (absent on the last level)."""
 
-    def __init__(self, in_channels: int, cfg: ModelConfig, split: bool):
+    def __init__(self, in_channels: int, cfg: ModelConfig, split: bool, num_classes: int = 0):
         super().__init__()
         channels = 4 * in_channels
         self.squeeze = Squeeze()
         self.steps = FlowSequential(*[flow_step(channels, cfg) for _ in range(cfg.steps)])
-        self.split = SplitPrior(channels) if split else None
+        self.split = SplitPrior(channels, num_classes) if split else None
 
 
 @contextlib.contextmanager
@@ -109,19 +111,47 @@ class FlowModel(nn.Module):
 
     preprocess (logit) → for each of L levels: squeeze → K steps → split (all but the last);
     the last level's output is scored under N(0, I). Latents: every split z, then the final z.
+
+    With `model_cfg.conditional` the model is p(x | y) for a class y in 0..num_classes-1: every
+    prior (each split's and the top one) gets a per-class shift of its mean and log-scale, and with
+    `class_weight` > 0 a classifier head on the mean-pooled top latent adds class_weight × its
+    cross-entropy in bits to the training objective (Glow's `ycond`, `weight_y`; docs/model.md §14).
     """
 
-    def __init__(self, image_shape: Sequence[int], bins: int, model_cfg: ModelConfig, name: Optional[str] = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        bins: int,
+        model_cfg: ModelConfig,
+        name: Optional[str] = None,
+        num_classes: int = 0,
+        class_weight: float = 0.0,
+    ):
         super().__init__()
         check_architecture(image_shape, model_cfg, name)
+        if model_cfg.conditional and num_classes < 1:
+            raise ConfigError(
+                f"model.conditional needs the number of classes of {name or 'the dataset'}, got {num_classes}"
+            )
         self.image_shape = tuple(int(s) for s in image_shape)  # (C, H, W)
         self.bins, self.model_cfg, self.name = int(bins), model_cfg, name
+        self.num_classes = int(num_classes) if model_cfg.conditional else 0  # 0: unconditional
+        self.class_weight = float(class_weight) if self.num_classes else 0.0
         self.preprocess = LogitPreprocess(model_cfg.alpha)
         channels = level_channels(self.image_shape[0], model_cfg.levels)
         in_channels = [self.image_shape[0]] + [c - c // 2 for c in channels[:-1]]
         self.levels = nn.ModuleList(
-            Level(c_in, model_cfg, split=i < model_cfg.levels - 1) for i, c_in in enumerate(in_channels)
+            Level(c_in, model_cfg, split=i < model_cfg.levels - 1, num_classes=self.num_classes)
+            for i, c_in in enumerate(in_channels)
         )
+        if self.num_classes:  # zero-initialised, without a random draw: the other layers start as unconditional
+            top = channels[-1]
+            self.top_prior = ClassPrior(self.num_classes, top)
+            if self.class_weight > 0:
+                with torch.random.fork_rng(devices=[]):
+                    self.class_head = nn.Linear(top, self.num_classes)
+                nn.init.zeros_(self.class_head.weight)
+                nn.init.zeros_(self.class_head.bias)
         self.dequantizer = (
             VariationalDequantizer(self.image_shape[0], self.bins, model_cfg.dequant_hidden, model_cfg.dequant_steps)
             if model_cfg.dequantization == "variational"
@@ -137,6 +167,39 @@ class FlowModel(nn.Module):
         self.memory = "store"  # train.memory: what the flow steps keep for backward (set_memory)
 
     # -- shapes and bookkeeping ---------------------------------------------------------------
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def has_class_head(self) -> bool:
+        return hasattr(self, "class_head")
+
+    def check_classes(self, y: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+        """y as int64 (n,) on the model's device when the model is class-conditional (None otherwise); a
+        missing, unexpected, misshapen or out-of-range y is an InputError of one line."""
+        if not self.conditional:
+            if y is not None:
+                raise InputError("this model is not class-conditional (model.conditional: false); give no class")
+            return None
+        if y is None:
+            raise InputError(
+                f"this model is class-conditional (model.conditional: true): give the class "
+                f"(0..{self.num_classes - 1}) "
+                "of every image"
+            )
+        y = torch.as_tensor(y, device=self._param().device)
+        if y.dtype.is_floating_point or y.dtype == torch.bool or tuple(y.shape) != (n,):
+            raise InputError(f"classes must be {n} integers, got shape {tuple(y.shape)} of {y.dtype}")
+        y = y.long()
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise InputError(f"classes must be in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+        return y
+
+    def _any_class(self, n: int) -> Optional[torch.Tensor]:
+        """A stand-in class (0) for work whose result does not depend on it (the latents, ActNorm's init)."""
+        return torch.zeros(n, dtype=torch.long, device=self._param().device) if self.conditional else None
 
     @property
     def num_dims(self) -> int:
@@ -193,8 +256,14 @@ class FlowModel(nn.Module):
 
     # -- the map v <-> latents ----------------------------------------------------------------
 
-    def v_to_latents(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(latents, log p(v) of shape (B,)) for v (B, C, H, W) in [0, 1)."""
+    def v_to_latents(
+        self, v: torch.Tensor, y: Optional[torch.Tensor] = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(latents, log p(v) of shape (B,)) for v (B, C, H, W) in [0, 1); log p(v | y) on a conditional model.
+
+        The latents never depend on y: only the priors do.
+        """
+        y = self.check_classes(y, v.shape[0])
         h, log_p = self.preprocess(v)  # (B, C, H, W)
         latents = []
         for level in self.levels:
@@ -202,27 +271,33 @@ class FlowModel(nn.Module):
             h, logdet = run_steps(level.steps, h, self.memory)
             log_p = log_p + logdet
             if level.split is not None:
-                h, z, log_pz = level.split(h)  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
+                h, z, log_pz = level.split(h, y)  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
                 latents.append(z)
                 log_p = log_p + log_pz
         latents.append(h)
-        return latents, log_p + gaussian_log_prob(h)
+        if y is None:
+            return latents, log_p + gaussian_log_prob(h)
+        return latents, log_p + gaussian_log_prob(h, *self.top_prior(y))
 
     def latents_to_v(
         self,
         latents: Sequence[Optional[torch.Tensor]],
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        y: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Invert v_to_latents; a None split latent is sampled from its prior at `temperature`.
+        """Invert v_to_latents; a None split latent is sampled from its prior at `temperature` (given the
+        class y on a conditional model; y is needed only then).
 
         The FInC inverses run on the backend `finc_cli.inverse.use_backend` selects (docs/inverse.md §5).
         """
         h = latents[-1]
+        if any(z is None for z in latents[:-1]):
+            y = self.check_classes(y, h.shape[0])
         for i in reversed(range(len(self.levels))):
             level = self.levels[i]
             if level.split is not None:
-                h = level.split.inverse(h, latents[i], temperature=temperature, generator=generator)
+                h = level.split.inverse(h, latents[i], temperature=temperature, generator=generator, y=y)
             h, _ = level.steps.inverse(h)
             h, _ = level.squeeze.inverse(h)  # (B, C, 2H, 2W)
         v, _ = self.preprocess.inverse(h)
@@ -231,7 +306,12 @@ class FlowModel(nn.Module):
     # -- densities ----------------------------------------------------------------------------
 
     def forward(
-        self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+        self,
+        x: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        y: Optional[torch.Tensor] = None,
+        objective: bool = False,
     ) -> torch.Tensor:
         """(B,) bits/dim of integer images x (B, C, H, W) in [0, bins-1]: the one loss of training,
         evaluation and benchmarks.
@@ -240,7 +320,12 @@ class FlowModel(nn.Module):
         drawn from `generator`. With uniform dequantization it is u itself; with variational
         dequantization u ~ q(u | x) is the dequantizer's transform of it, and the figure is the
         variational bound -log p(x + u) + log q(u | x) in bits/dim (docs/model.md §2).
+
+        A class-conditional model needs the classes y (B,) and gives -log2 p(x | y) per dimension;
+        with `objective` (training) and a class head, class_weight × the head's cross-entropy in bits
+        per image is added (docs/model.md §14).
         """
+        y = self.check_classes(y, x.shape[0])
         p = self._param()
         if noise is None:
             device = generator.device if generator is not None else p.device
@@ -251,7 +336,14 @@ class FlowModel(nn.Module):
         else:
             u, log_q = self._dequantize_noise(x, noise)
         v = (x.to(u.dtype) + u) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
-        return bits_per_dim(log_q - self.log_prob(v), self.num_dims, self.bins)
+        if y is None:
+            return bits_per_dim(log_q - self.log_prob(v), self.num_dims, self.bins)
+        latents, log_p = self.v_to_latents(v, y)
+        bpd = bits_per_dim(log_q - log_p, self.num_dims, self.bins)
+        if objective and self.has_class_head:
+            ce = F.cross_entropy(self.head_logits(latents[-1]), y, reduction="none")  # (B,) nats per image
+            bpd = bpd + self.class_weight * ce / math.log(2)
+        return bpd
 
     def _dequantize_noise(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u ~ q(u | x) and log q; outside `store` its activations are recomputed in backward, not kept."""
@@ -259,9 +351,29 @@ class FlowModel(nn.Module):
             return self.dequantizer(x, noise)
         return checkpoint(self.dequantizer, x, noise, use_reentrant=False)
 
-    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """(B,) log-density of the bin-scaled dequantized image v (what `forward` turns into bits/dim)."""
-        return self.v_to_latents(v)[1]
+    def log_prob(self, v: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B,) log-density of the bin-scaled dequantized image v (what `forward` turns into bits/dim);
+        log p(v | y) on a class-conditional model."""
+        return self.v_to_latents(v, y)[1]
+
+    def head_logits(self, top: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) class logits of the class head from the top latent (B, C, H, W), mean-pooled."""
+        return self.class_head(top.mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def class_bpd(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) bits/dim of x given each class, every class with the same dequantization noise."""
+        n = x.shape[0]
+        columns = [self(x, noise=noise, y=torch.full((n,), c, device=noise.device)) for c in range(self.num_classes)]
+        return torch.stack(columns, dim=1)
+
+    @torch.no_grad()
+    def classify_logits(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) the class head's logits for integer images x with dequantization noise `noise`."""
+        x = x.to(noise.device)
+        u = noise if self.dequantizer is None else self.dequantizer(x, noise)[0]
+        latents, _ = self.v_to_latents((x.to(u.dtype) + u) / self.bins, self._any_class(x.shape[0]))
+        return self.head_logits(latents[-1])
 
     # -- encode / decode / sample -------------------------------------------------------------
 
@@ -271,7 +383,7 @@ class FlowModel(nn.Module):
     ) -> list[torch.Tensor]:
         """Integer images -> latents (every split z, then the final z); deterministic by default."""
         with eval_mode(self):
-            return self.v_to_latents(self.dequantize(x, noise, generator))[0]
+            return self.v_to_latents(self.dequantize(x, noise, generator), self._any_class(x.shape[0]))[0]
 
     @torch.no_grad()
     def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -279,11 +391,29 @@ class FlowModel(nn.Module):
         return quantize(self.latents_to_v(list(latents)), self.bins)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """n uint8 images (n, C, H, W) with z ~ N(0, T²) at every level (split means included)."""
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        y: Optional[torch.Tensor | int] = None,
+    ) -> torch.Tensor:
+        """n uint8 images (n, C, H, W) with z ~ N(0, T²) at every level (split means included).
+
+        On a class-conditional model every level's prior is that of class y (an int for all n, or (n,)
+        classes); without y, sample i is of class i mod num_classes.
+        """
         top = standard_normal((n, *self.latent_shapes()[-1]), self._param(), generator) * temperature
+        if self.conditional:
+            if y is None:
+                y = torch.arange(n) % self.num_classes
+            elif isinstance(y, int):
+                y = torch.full((n,), y)
+            y = self.check_classes(y, n)
+            mean, log_std = self.top_prior(y)
+            top = mean + torch.exp(log_std) * top
         latents = [None] * (len(self.levels) - 1) + [top]
-        return quantize(self.latents_to_v(latents, temperature, generator), self.bins)
+        return quantize(self.latents_to_v(latents, temperature, generator, y=y), self.bins)
 
     # -- health and init ----------------------------------------------------------------------
 
@@ -299,7 +429,7 @@ class FlowModel(nn.Module):
         hooks = [m.register_forward_hook(record(name)) for name, m in units]
         try:
             with eval_mode(self):
-                self.v_to_latents(self.dequantize(x, "center"))
+                self.v_to_latents(self.dequantize(x, "center"), self._any_class(x.shape[0]))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -322,7 +452,7 @@ class FlowModel(nn.Module):
                 errors.append(rebuild_error(level.steps, h))
                 h, _ = level.steps(h)
                 if level.split is not None:
-                    h, _, _ = level.split(h)
+                    h = h[:, : level.split.keep]
         return errors
 
     @torch.no_grad()
@@ -331,7 +461,7 @@ class FlowModel(nn.Module):
         was_training = self.training
         self.train()
         try:
-            self.log_prob(self.dequantize(x, "uniform", generator))
+            self.log_prob(self.dequantize(x, "uniform", generator), self._any_class(x.shape[0]))
         finally:
             self.train(was_training)
 
@@ -339,4 +469,16 @@ class FlowModel(nn.Module):
 def build_model(config: Config) -> FlowModel:
     """The FlowModel for config.data.name's image shape and bins, with config.model's architecture."""
     info = dataset_info(config.data.name)
-    return FlowModel((info.channels, info.height, info.width), info.bins, config.model, name=info.name)
+    if config.model.conditional and info.label_kind != "class":
+        raise ConfigError(
+            f"model.conditional needs one class per image, but {info.name} has {info.num_classes} binary "
+            f"{info.label_kind}; set model.conditional=false"
+        )
+    return FlowModel(
+        (info.channels, info.height, info.width),
+        info.bins,
+        config.model,
+        name=info.name,
+        num_classes=info.num_classes if config.model.conditional else 0,
+        class_weight=config.train.class_weight,
+    )

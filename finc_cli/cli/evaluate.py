@@ -44,10 +44,19 @@ def evaluate_cli(
         ),
     ] = 1,
     weights: WeightsOpt = Weights.auto,
+    classify: Annotated[
+        bool,
+        typer.Option(
+            "--classify",
+            help="Class-conditional models: also the accuracy of the Bayes classifier argmax_y p(x|y)p(y) and of the "
+            "class head.",
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Bits per dimension over a whole split, with its standard error."""
+    """Bits per dimension over a whole split, with its standard error (a class-conditional model: given the true
+    class, and the marginal over classes)."""
     from finc_cli.cli.progress import count_progress
     from finc_cli.commands.evaluate import evaluate
 
@@ -63,6 +72,7 @@ def evaluate_cli(
         notify=note,
         samples=samples,
         weights=weights.value,
+        classify=classify,
     )
     if json_out:
         emit_json(result)
@@ -76,4 +86,15 @@ def evaluate_cli(
         console.print(
             f"{result['split']} bits/dim, importance-weighted over {samples} draws: "
             f"{result['bpd_iw']:.4f} ± {result['bpd_iw_stderr']:.4f} (single-sample bound above)"
+        )
+    if "bpd_marginal" in result:
+        console.print(
+            f"{result['split']} bits/dim, marginal over {result['num_classes']} classes (uniform p(y)): "
+            f"{result['bpd_marginal']:.4f} ± {result['bpd_marginal_stderr']:.4f} (given the true class above)"
+        )
+    if "accuracy_bayes" in result:
+        head = result["accuracy_head"]
+        console.print(
+            f"{result['split']} accuracy: Bayes classifier {100 * result['accuracy_bayes']:.2f}%, class head "
+            + (f"{100 * head:.2f}%" if head is not None else "none (train.class_weight 0)")
         )

@@ -47,6 +47,13 @@ def sample_cli(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
     nrow: Annotated[Optional[int], typer.Option("--nrow", min=1, help="Images per grid row.")] = None,
     scale: ScaleOpt = None,
+    class_: Annotated[
+        Optional[str],
+        typer.Option(
+            "--class",
+            help="Class-conditional models: sample this class (a number), or 'all' for one labelled row per class.",
+        ),
+    ] = None,
     individual: Annotated[
         bool, typer.Option("--individual", help="One PNG per sample in the --out directory.")
     ] = False,
@@ -74,15 +81,24 @@ def sample_cli(
         weights=weights.value,
         decode_precision=decode_precision.value,
         scale=scale,
+        class_=class_,
     )
     decode_notes(result, decode_precision.value)
     if json_out:
         emit_json(result)
         return
     temps = ",".join(f"{t:g}" for t in result["temperatures"])
+    classes = result.get("classes")
+    which = (
+        ""
+        if classes is None
+        else f", class {classes[0]}"
+        if len(classes) == 1
+        else f", classes 0..{classes[-1]} by row"
+    )
     console.print(
         f"wrote {result['n']} samples to {result['out']} in {result['sampling_seconds']:.3f} s "
-        f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temps}, seed {result['seed']}, "
+        f"({1e3 * result['seconds_per_image']:.2f} ms/image, T={temps}{which}, seed {result['seed']}, "
         f"scale {result['scale']}x, {result['weights']} weights)",
         highlight=False,
     )

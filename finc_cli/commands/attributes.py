@@ -1,4 +1,4 @@
-"""Attribute and class directions in latent space: the plain function behind `finc attributes` (docs/model.md §14)."""
+"""Attribute and class directions in latent space: the plain function behind `finc attributes` (docs/model.md §15)."""
 
 from __future__ import annotations
 

@@ -30,9 +30,11 @@ class Inference:
     notify: Optional[Callable[[str], None]] = None  # one-line notes about the data (e.g. an unusable cache)
 
     def dataset(self, split: str):
-        """A split of the checkpoint's dataset: the prepared cache if current, else the sources."""
+        """A split of the checkpoint's dataset: the prepared cache if current, else the sources; with its labels
+        for a class-conditional model (only then are labels read)."""
         data_dir, cache_dir = self.data_dir or self.cfg.data.data_dir, self.cache_dir or self.cfg.data.cache_dir
-        return get_dataset(self.cfg.data.name, split, data_dir, cache_dir=cache_dir, notify=self.notify)
+        load = get_labelled_dataset if self.model.conditional else get_dataset
+        return load(self.cfg.data.name, split, data_dir, cache_dir=cache_dir, notify=self.notify)
 
     def labelled_dataset(self, split: str) -> LabelledDataset:
         """`dataset(split)` with its labels (a missing or broken label file: one line naming it)."""

@@ -7,7 +7,18 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["StepBatch", "batch_indices", "epoch_permutation", "fetch", "step_batch", "step_generator", "step_noise"]
+from finc_cli.data.labels import LabelledDataset
+
+__all__ = [
+    "StepBatch",
+    "batch_indices",
+    "epoch_permutation",
+    "fetch",
+    "fetch_labelled",
+    "step_batch",
+    "step_generator",
+    "step_noise",
+]
 
 
 @functools.lru_cache(maxsize=2)
@@ -33,16 +44,31 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
 
 
 def fetch(ds, idx: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """uint8 batch (B, C, H, W) for the given indices, augmented when the dataset says so."""
+    """uint8 batch (B, C, H, W) for the given indices, augmented when the dataset says so (the images
+    alone of a `LabelledDataset`)."""
+    if isinstance(ds, LabelledDataset):
+        return fetch(ds.images, idx, generator)
     transform = getattr(ds, "transform", None)
     batch = ds.batch(idx) if hasattr(ds, "batch") else torch.stack([ds[int(i)] for i in idx])
     return transform(batch, generator) if transform is not None else batch
+
+
+def fetch_labelled(ds, idx: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(uint8 images (B, C, H, W), int64 labels (B,) or (B, A)) for the given indices; labels None when `ds` is
+    not a `LabelledDataset`."""
+    labels = _labels(ds, idx) if isinstance(ds, LabelledDataset) else None
+    return fetch(ds, idx), labels
+
+
+def _labels(ds: LabelledDataset, idx: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(ds.labels.values[torch.as_tensor(idx, dtype=torch.int64).numpy()])
 
 
 class StepBatch(NamedTuple):
     step: int
     images: torch.Tensor  # (B / world, C, H, W) uint8: this process's slice of the global batch
     noise: Optional[torch.Tensor]  # (B / world, C, H, W) float32 in [0, 1), or None: drawn later by `step_noise`
+    labels: Optional[torch.Tensor] = None  # (B / world,) int64 classes of a `LabelledDataset`, else None
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -78,10 +104,14 @@ def step_batch(
     `step_generator(seed, step)`; each process then reads and augments only its own images (every
     world-th), so N processes see exactly what one process with the global batch would. With
     `noise`, the step's CPU dequantization noise (`step_noise`) comes with it; without, the
-    consumer draws it on its own device.
+    consumer draws it on its own device. A `LabelledDataset` adds the images' labels (augmentation
+    leaves them as they are).
     """
     idx = batch_indices(len(ds), batch_size, seed, step)
     mine = slice(rank, None, world)
+    labels = None
+    if isinstance(ds, LabelledDataset):
+        ds, labels = ds.images, _labels(ds, idx[mine])
     images = ds.batch(idx[mine]) if hasattr(ds, "batch") else torch.stack([ds[int(i)] for i in idx[mine]])
     transform = getattr(ds, "transform", None)
     if transform is not None:
@@ -89,4 +119,4 @@ def step_batch(
         rows, cols = transform.draw(len(idx), h, w, step_generator(seed, step))  # the whole batch's, in draw order
         images = transform.apply(images, (rows[mine], cols[mine]))
     u = step_noise(seed, step, (len(idx), *images.shape[1:]), rank, world) if noise else None
-    return StepBatch(step, images, u)
+    return StepBatch(step, images, u, labels)

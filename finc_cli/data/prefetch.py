@@ -73,7 +73,8 @@ class Prefetcher:
                 item: object = make(step)
                 if pin:
                     noise = item.noise.pin_memory() if item.noise is not None else None
-                    item = StepBatch(item.step, item.images.pin_memory(), noise)
+                    labels = item.labels.pin_memory() if item.labels is not None else None
+                    item = StepBatch(item.step, item.images.pin_memory(), noise, labels)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 item = exc
             while not self._stopping.is_set():

@@ -11,6 +11,7 @@ from torch import nn
 from finc_cli.flows.base import Flow, zeros_logdet
 
 __all__ = [
+    "ClassPrior",
     "gaussian_log_prob",
     "SplitPrior",
     "Squeeze",
@@ -49,15 +50,39 @@ class Squeeze(Flow):
         return x.reshape(b, c, 2 * h, 2 * w), zeros_logdet(y)  # (B, C, H, W)
 
 
+class ClassPrior(nn.Module):
+    """A per-class shift of a Gaussian prior's (mean, log_std), one value per channel (Glow's `ycond`).
+
+    The linear map of a one-hot y to 2·C numbers, stored as its (num_classes, 2·C) weight matrix and
+    applied as a row lookup; zero-initialised (no random draw), so a conditional prior starts as the
+    unconditional one. forward(y (B,) int64) -> (mean, log_std), each (B, C, 1, 1).
+    """
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"ClassPrior needs at least one class, got {num_classes}")
+        self.num_classes, self.channels = num_classes, channels
+        self.weight = nn.Parameter(torch.zeros(num_classes, 2 * channels))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, channels={self.channels}"
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shift = self.weight[y.to(self.weight.device, torch.long)]  # (B, 2C): one-hot(y) @ weight
+        return shift[:, :, None, None].chunk(2, dim=1)
+
+
 class SplitPrior(nn.Module):
     """Factor out half the channels: z = h[:, keep:] ~ N(mean, exp(log_std)²), (mean, log_std) = conv3×3(h_keep).
 
-    Not a bijection in the contract's sense: forward(h) -> (h_keep, z, log_pz (B,)) and
-    inverse(h_keep, z=None, temperature, generator) -> h, sampling z = mean + T·std·ε when z is None.
-    The conv is zero-initialised, so the prior starts as N(0, I).
+    Not a bijection in the contract's sense: forward(h, y) -> (h_keep, z, log_pz (B,)) and
+    inverse(h_keep, z=None, temperature, generator, y) -> h, sampling z = mean + T·std·ε when z is None.
+    The conv is zero-initialised, so the prior starts as N(0, I). With `num_classes` > 0 the prior is
+    class-conditional: a `ClassPrior` term of the class y is added to (mean, log_std) (docs/model.md §14).
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, num_classes: int = 0):
         super().__init__()
         if channels < 2:
             raise ValueError(f"SplitPrior needs at least 2 channels, got {channels}")
@@ -67,17 +92,26 @@ class SplitPrior(nn.Module):
         self.conv = nn.Conv2d(self.keep, 2 * self.z_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
+        self.class_prior = ClassPrior(num_classes, self.z_channels) if num_classes else None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, keep={self.keep}"
 
-    def prior(self, h_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std), each (B, C_z, H, W)."""
-        return self.conv(h_keep).chunk(2, dim=1)
+    def prior(self, h_keep: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std), each (B, C_z, H, W); plus the class term of y (B,) on a class-conditional prior."""
+        mean, log_std = self.conv(h_keep).chunk(2, dim=1)
+        if self.class_prior is not None:
+            if y is None:
+                raise ValueError("a class-conditional split prior needs the class y")
+            class_mean, class_log_std = self.class_prior(y)
+            mean, log_std = mean + class_mean, log_std + class_log_std
+        return mean, log_std
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, y: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h_keep, z = h[:, : self.keep], h[:, self.keep :]  # (B, C_keep, H, W), (B, C_z, H, W)
-        mean, log_std = self.prior(h_keep)
+        mean, log_std = self.prior(h_keep, y)
         return h_keep, z, gaussian_log_prob(z, mean, log_std)
 
     def inverse(
@@ -86,9 +120,10 @@ class SplitPrior(nn.Module):
         z: Optional[torch.Tensor] = None,
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
+        y: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if z is None:
-            mean, log_std = self.prior(h_keep)
+            mean, log_std = self.prior(h_keep, y)
             eps = standard_normal(mean.shape, h_keep, generator)
             z = mean + temperature * torch.exp(log_std) * eps
         return torch.cat([h_keep, z.to(h_keep.dtype)], dim=1)  # (B, C, H, W)

@@ -13,7 +13,7 @@ import torch
 from finc_cli.checkpoint import check_ema_weights
 from finc_cli.config import Config, save_config
 from finc_cli.data.batches import batch_indices, fetch, step_batch, step_noise
-from finc_cli.data.load import get_dataset
+from finc_cli.data.load import get_dataset, get_labelled_dataset
 from finc_cli.data.prefetch import Prefetcher, to_device
 from finc_cli.errors import InputError, RebuildDrift
 from finc_cli.files.images import save_grid
@@ -162,10 +162,10 @@ class Trainer:
     def _load_data(self) -> tuple:
         d = self.cfg.data
         kw = {"cache_dir": d.cache_dir, "notify": self.reporter.log if self.ctx.is_main else None}
-        train_ds = get_dataset(
-            d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate, **kw
-        )
-        return train_ds, get_dataset(d.name, "val", d.data_dir, **kw)
+        # A class-conditional model trains on (image, class) pairs; an unconditional one never reads labels.
+        load = get_labelled_dataset if self.cfg.model.conditional else get_dataset
+        train_ds = load(d.name, "train", d.data_dir, train_transform=True, hflip=d.hflip, translate=d.translate, **kw)
+        return train_ds, load(d.name, "val", d.data_dir, **kw)
 
     def _build_model(self) -> tuple:
         torch.manual_seed(self.t.seed)  # identical initial weights on every rank
@@ -262,12 +262,16 @@ class Trainer:
     def _step(self, signals: StopSignals) -> None:
         """One optimizer update, then whatever falls due after it, in a fixed order."""
         t0 = time.perf_counter()
-        images, noise = to_device(self.batches.get(self.state.step), self.device)
+        batch = self.batches.get(self.state.step)
+        images, noise = to_device(batch, self.device)
+        labels = batch.labels.to(self.device) if batch.labels is not None else None
         if noise is None:
             shape = (self.t.batch_size, *self.model.image_shape)
             noise = step_noise(self.t.seed, self.state.step, shape, self.ctx.rank, self.ctx.world_size, self.device)
         t1 = time.perf_counter()
-        stats = train_step(self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx)
+        stats = train_step(
+            self.net, self.model, self.optimizer, images, noise, self.cfg, self.state, self.ctx, labels=labels
+        )
         if self.ema is not None and not stats["skipped"]:
             self.ema.update(self.model)
         self.waits.append((t1 - t0, time.perf_counter() - t1))  # the loss read back synchronised the device

@@ -7,11 +7,11 @@ from typing import Callable, Optional
 
 import torch
 
-from finc_cli.data.batches import fetch
+from finc_cli.data.batches import fetch_labelled
 from finc_cli.model import eval_mode
 from finc_cli.runtime import distributed
 
-__all__ = ["evaluate_bpd", "lower_scorer", "validation_record", "validation_scores"]
+__all__ = ["evaluate_bpd", "evaluate_classes", "lower_scorer", "validation_record", "validation_scores"]
 
 
 @torch.no_grad()
@@ -24,7 +24,8 @@ def evaluate_bpd(
     each image also gets the importance-weighted estimate of -log2 P(x) per dimension: a
     log-mean-exp of the K draws' log-weights, log p(x + u_k) - log q(u_k | x) (docs/model.md §7),
     reported as `bpd_iw` with its standard error over images. It is never above the bound in
-    expectation and approaches the exact discrete bits/dim as K grows.
+    expectation and approaches the exact discrete bits/dim as K grows. A class-conditional model is
+    scored given each image's class (`ds` a `LabelledDataset`): -log2 p(x | y) per dimension.
     """
     first, weighted = [], []
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed.active() else (0, 1)
@@ -33,10 +34,13 @@ def evaluate_bpd(
     with eval_mode(model):
         for start in range(0, len(shard), batch_size):
             idx = shard[start : start + batch_size]
-            x = fetch(ds, idx).to(device)
+            x, y = _batch(model, ds, idx, device)
             # Noise seeded by the batch's first image index: repeatable for a given batch size and process count.
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))
-            draws = torch.stack([model(x, generator=g).double().cpu() for _ in range(samples)])  # (K, B) bits/dim
+            given = {} if y is None else {"y": y}  # an unconditional model's forward is called as it always was
+            draws = torch.stack(
+                [model(x, generator=g, **given).double().cpu() for _ in range(samples)]
+            )  # (K, B) bits/dim
             first.append(draws[0])
             log_w = -draws * nats_per_bpd  # (K, B) log-weights in nats
             weighted.append(-(torch.logsumexp(log_w, 0) - math.log(samples)) / nats_per_bpd)
@@ -46,6 +50,57 @@ def evaluate_bpd(
     if samples > 1:
         result.update(_mean_stderr(weighted, "bpd_iw"))
     return result
+
+
+@torch.no_grad()
+def evaluate_classes(
+    model, ds, batch_size: int, device, seed: int = 1234, progress: Optional[Callable] = None, classify: bool = False
+) -> dict:
+    """A class-conditional model over a labelled dataset: the marginal bits/dim and, with `classify`, accuracies.
+
+    Each image gets -log2 p(x | c) per dimension for every class c with the same dequantization
+    noise (the first draw `evaluate_bpd` makes for the same seed and batch size), so `bpd` here is
+    its single-sample figure given the true class. The marginal is -log2 Σ_c p(x | c) p(c) per
+    dimension with p(c) = 1/num_classes, a log-sum-exp over the classes (docs/model.md §14).
+    `classify` adds the accuracy of the Bayes classifier argmax_c p(x | c) p(c) and, when the model
+    has one, of its class head.
+    """
+    given, marginal, bayes, head = [], [], [], []
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed.active() else (0, 1)
+    shard = torch.arange(rank, len(ds), world)
+    nats_per_bpd = model.num_dims * math.log(2)
+    dtype = next(model.parameters()).dtype
+    with eval_mode(model):
+        for start in range(0, len(shard), batch_size):
+            idx = shard[start : start + batch_size]
+            x, y = _batch(model, ds, idx, device)
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))  # as evaluate_bpd's
+            noise = torch.rand(x.shape, generator=g, device=g.device, dtype=dtype).to(device)
+            bpd = model.class_bpd(x, noise).double()  # (B, K)
+            given.append(bpd.gather(1, y[:, None])[:, 0].cpu())
+            log_joint = -bpd * nats_per_bpd - math.log(model.num_classes)  # log p(x | c) + log p(c), nats
+            marginal.append((-torch.logsumexp(log_joint, 1) / nats_per_bpd).cpu())
+            if classify:
+                bayes.append((bpd.argmin(1) == y).double().cpu())  # uniform p(c): the least bits/dim wins
+                if model.has_class_head:
+                    head.append((model.classify_logits(x, noise).argmax(1) == y).double().cpu())
+            if progress is not None:
+                progress(len(idx))
+    result = {**_mean_stderr(given, "bpd"), **_mean_stderr(marginal, "bpd_marginal"), "num_classes": model.num_classes}
+    if classify:
+        result["accuracy_bayes"] = _mean_stderr(bayes, "accuracy")["accuracy"]
+        result["accuracy_head"] = _mean_stderr(head, "accuracy")["accuracy"] if model.has_class_head else None
+    return result
+
+
+def _batch(model, ds, idx: torch.Tensor, device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(images, classes or None) of `idx` on `device`; the classes only for a class-conditional model."""
+    x, y = fetch_labelled(ds, idx)
+    if not getattr(model, "conditional", False):
+        return x.to(device), None
+    if y is None or y.dim() != 1:
+        raise ValueError("a class-conditional model is evaluated on a dataset with one class per image")
+    return x.to(device), y.to(device)
 
 
 def validation_scores(model, ema, ds, batch_size: int, device) -> dict:
