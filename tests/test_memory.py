@@ -220,3 +220,20 @@ def test_digits_float32_gradients_and_300_steps_match_store(tmp_path):
     for mode in ("checkpoint", "invert"):
         assert _digits_gradient_error(trained, batch, mode) <= 1e-4
     assert abs(summaries["invert"]["val_bpd"] - summaries["store"]["val_bpd"]) <= 0.01
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "invert"])
+def test_class_conditional_priors_and_head_get_store_gradients(mode):
+    net, x = _model(**{"model.conditional": True})
+    y = torch.arange(x.shape[0]) % 10
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grads(memory: str) -> dict:
+        net.set_memory(memory)
+        net.zero_grad(set_to_none=True)
+        net(x, noise=noise, y=y, objective=True).mean().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    ref, got = grads("store"), grads(mode)
+    assert got.keys() == ref.keys() and any("class" in n for n in ref)
+    assert max(_relative(got[n], ref[n]) for n in ref) <= 1e-10
