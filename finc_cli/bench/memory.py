@@ -225,7 +225,9 @@ def memory_rows(
                 return rows
             say(f"K={k} {mode} batch {batch}: peak memory")
             row = {"preset": preset, "steps_per_level": k, "memory": mode, "batch": batch}
-            rows.append({**row, **_measure(preset, over, batch, mode, device, threads)})
+            measured = _measure(preset, over, batch, mode, device, threads)
+            measured.pop("step_s")  # one cold step in a fresh process: step times come from the interleaved rounds
+            rows.append({**row, **measured})
     _relate(rows, ks, modes)
     over = {**overrides, "model.steps": ks[-1]}
     at_k = {r["memory"]: r for r in rows if r["steps_per_level"] == ks[-1]}
