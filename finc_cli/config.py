@@ -82,7 +82,7 @@ class ModelConfig:
     conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
     finc_gain_cap: Optional[float] = None  # bound on every FInC unit's ‖A⁻¹‖₂ (docs/inverse.md §12); null: off
     conditional: bool = False  # class-conditional priors p(x | y), classes from the dataset (docs/model.md §14)
-    class_prior: str = "channel"  # channel | spatial: the class shift of every prior per channel, or per position (§14)
+    class_prior: str = "spatial"  # spatial | channel: class shift per channel and position, or per channel (§14)
 
 
 @dataclass

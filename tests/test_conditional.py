@@ -367,7 +367,7 @@ def test_a_conditional_checkpoint_without_class_prior_loads_with_the_per_channel
     assert torch.equal(loaded.top_prior.weight, model.top_prior.weight)
 
 
-@pytest.mark.parametrize("key", ["model.conditional=false", "train.class_weight=0"])
+@pytest.mark.parametrize("key", ["model.conditional=false", "train.class_weight=0", "model.class_prior=channel"])
 def test_resume_refuses_changing_the_conditioning(conditional_run, tmp_path, key):
     result = invoke("train", "--resume", conditional_run, "--set", key, "--out", tmp_path / "other", "--force")
     assert result.exit_code == 2, result.output
