@@ -89,9 +89,14 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 
 
 def config_from_checkpoint(saved: dict, path: Union[str, os.PathLike] = "checkpoint"):
-
+    """The checkpoint's config. One saved before `model.class_prior` existed had the per-channel class
+    prior, so a config without that key reads as `channel` (docs/model.md §14), not as today's default."""
+    raw = saved["config"]
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and "class_prior" not in model:
+        raw = {**raw, "model": {**model, "class_prior": "channel"}}
     try:
-        return config_from_dict(saved["config"])
+        return config_from_dict(raw)
     except ConfigError as exc:
         raise CheckpointError(f"{path} holds an invalid config: {exc}") from None
 

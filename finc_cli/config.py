@@ -82,6 +82,7 @@ class ModelConfig:
     conv: str = "finc"  # finc | emerging | cinc | none (a Glow baseline of the same depth); docs/model.md §10
     finc_gain_cap: Optional[float] = None  # bound on every FInC unit's ‖A⁻¹‖₂ (docs/inverse.md §12); null: off
     conditional: bool = False  # class-conditional priors p(x | y), classes from the dataset (docs/model.md §14)
+    class_prior: str = "spatial"  # spatial | channel: class shift per channel and position, or per channel (§14)
 
 
 @dataclass
@@ -131,6 +132,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 CONV_CHOICES = ("finc", "emerging", "cinc", "none")
 COUPLING_CHOICES = ("affine", "additive")
 MEMORY_CHOICES = ("store", "checkpoint", "invert")
+CLASS_PRIOR_CHOICES = ("channel", "spatial")
 
 
 def parse_conv_list(convs) -> list[str]:
@@ -289,6 +291,10 @@ def validate(cfg: Config) -> None:
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
         (0.0 <= t.ema_decay < 1.0, "train.ema_decay must be in [0, 1) (0 turns EMA off)"),
+        (
+            m.class_prior in CLASS_PRIOR_CHOICES,
+            f"model.class_prior must be one of {', '.join(CLASS_PRIOR_CHOICES)}, got {m.class_prior!r}",
+        ),
         (t.class_weight >= 0, "train.class_weight must be >= 0 (0 turns the class head off)"),
         (cfg.data.translate >= 0, "data.translate must be >= 0"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),

@@ -87,12 +87,19 @@ def flow_step(channels: int, cfg: ModelConfig) -> FlowSequential:
 class Level(nn.Module):
     """Squeeze → K flow steps → split prior (absent on the last level)."""
 
-    def __init__(self, in_channels: int, cfg: ModelConfig, split: bool, num_classes: int = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        cfg: ModelConfig,
+        split: bool,
+        num_classes: int = 0,
+        class_size: Optional[tuple[int, int]] = None,
+    ):
         super().__init__()
         channels = 4 * in_channels
         self.squeeze = Squeeze()
         self.steps = FlowSequential(*[flow_step(channels, cfg) for _ in range(cfg.steps)])
-        self.split = SplitPrior(channels, num_classes) if split else None
+        self.split = SplitPrior(channels, num_classes, class_size) if split else None
 
 
 @contextlib.contextmanager
@@ -140,13 +147,22 @@ class FlowModel(nn.Module):
         self.preprocess = LogitPreprocess(model_cfg.alpha)
         channels = level_channels(self.image_shape[0], model_cfg.levels)
         in_channels = [self.image_shape[0]] + [c - c // 2 for c in channels[:-1]]
+        # model.class_prior spatial: each level's class term has one value per position of its (H/2^l, W/2^l)
+        spatial = model_cfg.class_prior == "spatial"
+        sizes = [(self.image_shape[1] >> (i + 1), self.image_shape[2] >> (i + 1)) for i in range(model_cfg.levels)]
         self.levels = nn.ModuleList(
-            Level(c_in, model_cfg, split=i < model_cfg.levels - 1, num_classes=self.num_classes)
+            Level(
+                c_in,
+                model_cfg,
+                split=i < model_cfg.levels - 1,
+                num_classes=self.num_classes,
+                class_size=sizes[i] if spatial else None,
+            )
             for i, c_in in enumerate(in_channels)
         )
         if self.num_classes:  # zero-initialised, without a random draw: the other layers start as unconditional
             top = channels[-1]
-            self.top_prior = ClassPrior(self.num_classes, top)
+            self.top_prior = ClassPrior(self.num_classes, top, sizes[-1] if spatial else None)
             if self.class_weight > 0:
                 with torch.random.fork_rng(devices=[]):
                     self.class_head = nn.Linear(top, self.num_classes)

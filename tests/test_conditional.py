@@ -40,10 +40,12 @@ class _Images(Dataset):
         return self.x[i]
 
 
-def _tiny_model(num_classes: int = 3, class_weight: float = 0.01, seed: int = 0) -> FlowModel:
+def _tiny_model(
+    num_classes: int = 3, class_weight: float = 0.01, seed: int = 0, class_prior: str = "channel"
+) -> FlowModel:
     """A 1×4×4, 17-level conditional model, its class priors and split convs set to random values (not zero)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(levels=2, steps=1, hidden=4, conditional=True)
+    cfg = ModelConfig(levels=2, steps=1, hidden=4, conditional=True, class_prior=class_prior)
     model = FlowModel((1, 4, 4), 17, cfg, num_classes=num_classes, class_weight=class_weight)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -57,8 +59,9 @@ def _labelled(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> LabelledDat
     return LabelledDataset(_Images(x), Labels(y.numpy(), "class", num_classes))
 
 
-def test_the_conditional_log_likelihood_matches_a_brute_force_jacobian_and_the_class_priors():
-    model = _tiny_model().double()
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_the_conditional_log_likelihood_matches_a_brute_force_jacobian_and_the_class_priors(class_prior):
+    model = _tiny_model(class_prior=class_prior).double()
     v = torch.rand(1, 1, 4, 4, dtype=torch.float64) * 0.9 + 0.05
     inputs = {}
     hook = model.levels[0].split.register_forward_hook(lambda m, args, out: inputs.__setitem__("h", args[0]))
@@ -69,13 +72,16 @@ def test_the_conditional_log_likelihood_matches_a_brute_force_jacobian_and_the_c
             latents, log_p = model.v_to_latents(v, torch.tensor([y]))  # the hook now holds this forward's split input
             split = model.levels[0].split
             h_keep = inputs["h"][:, : split.keep]
-            shift = split.class_prior.weight[y]  # (2 C_z): the class's (mean, log_std) per channel
             mean, log_std = split.conv(h_keep).chunk(2, dim=1)
-            c_z = split.z_channels
-            mean, log_std = mean + shift[:c_z, None, None], log_std + shift[c_z:, None, None]
-            top_shift = model.top_prior.weight[y]
-            c_top = latents[-1].shape[1]
-            top_mean, top_log_std = top_shift[:c_top, None, None], top_shift[c_top:, None, None]
+            c_z, c_top = split.z_channels, latents[-1].shape[1]
+            if class_prior == "channel":  # the class's (mean, log_std): 2 C numbers, one per channel
+                shift = split.class_prior.weight[y][:, None, None]  # (2 C_z, 1, 1)
+                top_shift = model.top_prior.weight[y][:, None, None]
+            else:  # 2 C H W numbers, one per channel and position (channel-major, then row, then column)
+                shift = split.class_prior.weight[y].reshape(2 * c_z, *latents[0].shape[2:])
+                top_shift = model.top_prior.weight[y].reshape(2 * c_top, *latents[-1].shape[2:])
+            mean, log_std = mean + shift[:c_z], log_std + shift[c_z:]
+            top_mean, top_log_std = top_shift[:c_top], top_shift[c_top:]
             expected = (
                 log_det
                 + gaussian_log_prob(latents[0], mean, log_std)
@@ -92,12 +98,14 @@ def test_the_conditional_log_likelihood_matches_a_brute_force_jacobian_and_the_c
             assert torch.equal(a, b)
 
 
-def test_a_fresh_conditional_model_has_the_unconditional_density_for_every_class():
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_a_fresh_conditional_model_has_the_unconditional_density_for_every_class(class_prior):
     torch.manual_seed(3)
     cfg = ModelConfig(levels=2, steps=1, hidden=4)
     plain = FlowModel((1, 4, 4), 17, cfg)
     torch.manual_seed(3)
-    cond = FlowModel((1, 4, 4), 17, ModelConfig(levels=2, steps=1, hidden=4, conditional=True), num_classes=3)
+    cond_cfg = ModelConfig(levels=2, steps=1, hidden=4, conditional=True, class_prior=class_prior)
+    cond = FlowModel((1, 4, 4), 17, cond_cfg, num_classes=3)
     x = torch.randint(0, 17, (5, 1, 4, 4))
     noise = torch.rand(5, 1, 4, 4)
     want = plain(x, noise=noise)
@@ -117,8 +125,9 @@ def test_y_is_required_exactly_when_the_model_is_conditional():
         plain(x, y=torch.tensor([0, 1]))
 
 
-def test_the_marginal_is_the_logsumexp_of_the_conditionals_plus_log_p_y():
-    model = _tiny_model(num_classes=3)
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_the_marginal_is_the_logsumexp_of_the_conditionals_plus_log_p_y(class_prior):
+    model = _tiny_model(num_classes=3, class_prior=class_prior)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 17, (12, 1, 4, 4), generator=g)
     y = torch.arange(12) % 3
@@ -166,6 +175,22 @@ def test_the_bayes_classifier_and_the_head_beat_chance_after_a_little_training()
     got = evaluate_classes(model, _labelled(test_x, test_y, 3), 64, torch.device("cpu"), classify=True)
     assert got["accuracy_bayes"] >= 0.8  # chance: 1/3
     assert got["accuracy_head"] >= 0.6
+
+
+def test_the_spatial_class_prior_has_one_shift_per_channel_and_position():
+    channel, spatial = _tiny_model(class_prior="channel"), _tiny_model(class_prior="spatial")
+    shapes = spatial.latent_shapes()  # a 1×4×4 image: the split z is 2×2×2, the top 8×1×1
+    priors = [spatial.levels[0].split.class_prior, spatial.top_prior]
+    for prior, (c, h, w), flat in zip(priors, shapes, [channel.levels[0].split.class_prior, channel.top_prior]):
+        assert prior.weight.shape == (3, 2 * c * h * w) and flat.weight.shape == (3, 2 * c)
+        mean, log_std = prior(torch.tensor([0, 2, 1, 1]))
+        assert mean.shape == log_std.shape == (4, c, h, w)
+        assert flat(torch.tensor([0, 2]))[0].shape == (2, c, 1, 1)
+    # Sampling a class draws from its per-position prior: the shapes and the round trip hold.
+    images = spatial.sample(6, 0.7, torch.Generator().manual_seed(0), y=2)
+    assert images.shape == (6, 1, 4, 4)
+    with pytest.raises(ConfigError, match="model.class_prior must be one of channel, spatial"):
+        load_preset("digits", {"model.conditional": True, "model.class_prior": "pixel"})
 
 
 def test_the_objective_adds_the_weighted_head_cross_entropy_in_bits_per_image():
@@ -326,7 +351,23 @@ def test_a_checkpoint_without_the_key_loads_as_unconditional(trained_run, tmp_pa
     assert not cfg.model.conditional and not model.conditional
 
 
-@pytest.mark.parametrize("key", ["model.conditional=false", "train.class_weight=0"])
+def test_a_conditional_checkpoint_without_class_prior_loads_with_the_per_channel_prior(tmp_path):
+    cfg = load_preset("digits", {**TINY_OVERRIDES, "model.conditional": True, "model.class_prior": "channel"})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.top_prior.weight.normal_()
+    raw = cfg.to_dict()
+    raw["model"].pop("class_prior")  # as saved before the key existed: the per-channel prior was the only one
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {"config": raw, "model": model.state_dict()})
+    loaded, loaded_cfg = load_checkpoint(old)
+    assert loaded_cfg.model.class_prior == "channel"
+    assert loaded.top_prior.weight.shape == (10, 2 * model.latent_shapes()[-1][0])
+    assert torch.equal(loaded.top_prior.weight, model.top_prior.weight)
+
+
+@pytest.mark.parametrize("key", ["model.conditional=false", "train.class_weight=0", "model.class_prior=channel"])
 def test_resume_refuses_changing_the_conditioning(conditional_run, tmp_path, key):
     result = invoke("train", "--resume", conditional_run, "--set", key, "--out", tmp_path / "other", "--force")
     assert result.exit_code == 2, result.output

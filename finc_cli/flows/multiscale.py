@@ -51,26 +51,30 @@ class Squeeze(Flow):
 
 
 class ClassPrior(nn.Module):
-    """A per-class shift of a Gaussian prior's (mean, log_std), one value per channel (Glow's `ycond`).
+    """A per-class shift of a Gaussian prior's (mean, log_std): one value per channel (Glow's `ycond`), or
+    with `size` (H, W) one per channel and position (`model.class_prior: spatial`, docs/model.md §14).
 
-    The linear map of a one-hot y to 2·C numbers, stored as its (num_classes, 2·C) weight matrix and
-    applied as a row lookup; zero-initialised (no random draw), so a conditional prior starts as the
-    unconditional one. forward(y (B,) int64) -> (mean, log_std), each (B, C, 1, 1).
+    The linear map of a one-hot y to 2·C (or 2·C·H·W) numbers, stored as its (num_classes, 2·C·H·W)
+    weight matrix and applied as a row lookup; zero-initialised (no random draw), so a conditional
+    prior starts as the unconditional one. forward(y (B,) int64) -> (mean, log_std), each (B, C, 1, 1)
+    per channel, (B, C, H, W) per position.
     """
 
-    def __init__(self, num_classes: int, channels: int):
+    def __init__(self, num_classes: int, channels: int, size: Optional[tuple[int, int]] = None):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"ClassPrior needs at least one class, got {num_classes}")
         self.num_classes, self.channels = num_classes, channels
-        self.weight = nn.Parameter(torch.zeros(num_classes, 2 * channels))
+        self.size = (1, 1) if size is None else (int(size[0]), int(size[1]))
+        self.weight = nn.Parameter(torch.zeros(num_classes, 2 * channels * self.size[0] * self.size[1]))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, channels={self.channels}"
+        where = "" if self.size == (1, 1) else f", size={self.size}"
+        return f"num_classes={self.num_classes}, channels={self.channels}{where}"
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift = self.weight[y.to(self.weight.device, torch.long)]  # (B, 2C): one-hot(y) @ weight
-        return shift[:, :, None, None].chunk(2, dim=1)
+        shift = self.weight[y.to(self.weight.device, torch.long)]  # (B, 2C·H·W): one-hot(y) @ weight
+        return shift.reshape(-1, 2 * self.channels, *self.size).chunk(2, dim=1)
 
 
 class SplitPrior(nn.Module):
@@ -79,10 +83,11 @@ class SplitPrior(nn.Module):
     Not a bijection in the contract's sense: forward(h, y) -> (h_keep, z, log_pz (B,)) and
     inverse(h_keep, z=None, temperature, generator, y) -> h, sampling z = mean + T·std·ε when z is None.
     The conv is zero-initialised, so the prior starts as N(0, I). With `num_classes` > 0 the prior is
-    class-conditional: a `ClassPrior` term of the class y is added to (mean, log_std) (docs/model.md §14).
+    class-conditional: a `ClassPrior` term of the class y is added to (mean, log_std), per channel, or
+    per channel and position of a z of spatial size `class_size` (H, W) (docs/model.md §14).
     """
 
-    def __init__(self, channels: int, num_classes: int = 0):
+    def __init__(self, channels: int, num_classes: int = 0, class_size: Optional[tuple[int, int]] = None):
         super().__init__()
         if channels < 2:
             raise ValueError(f"SplitPrior needs at least 2 channels, got {channels}")
@@ -92,7 +97,7 @@ class SplitPrior(nn.Module):
         self.conv = nn.Conv2d(self.keep, 2 * self.z_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
-        self.class_prior = ClassPrior(num_classes, self.z_channels) if num_classes else None
+        self.class_prior = ClassPrior(num_classes, self.z_channels, class_size) if num_classes else None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, keep={self.keep}"

@@ -10,7 +10,7 @@ from typing import Optional
 
 from finc_cli import errors
 from finc_cli.checkpoint import config_from_checkpoint, read_checkpoint
-from finc_cli.config import Config, apply_overrides, changed_keys, check_resume_overrides, config_from_dict
+from finc_cli.config import Config, apply_overrides, changed_keys, check_resume_overrides
 from finc_cli.errors import FincError, RunDirError
 from finc_cli.files.locking import exclusive_lock
 from finc_cli.runtime import distributed
@@ -105,7 +105,7 @@ def resolve_start(
     saved = read_checkpoint(ckpt)
     check_resume_overrides(config_from_checkpoint(saved, ckpt), overrides)  # before the weights go anywhere
     resolved = apply_overrides(config_from_checkpoint(saved, ckpt), overrides)
-    return Start(resolved, ckpt, saved, changed_keys(config_from_dict(saved["config"]), resolved))
+    return Start(resolved, ckpt, saved, changed_keys(config_from_checkpoint(saved, ckpt), resolved))
 
 
 def _broadcast_checkpoint(
