@@ -87,3 +87,23 @@ def test_cli_json_rows_with_a_budget(tmp_path):
     assert row["memory"] == "invert" and row["budget_fit"] >= 1
     assert row["budget_peak_gb"] <= budget
     assert (tmp_path / "rows.csv").read_text().startswith("preset,")
+
+
+def test_rounds_0_is_memory_only_and_a_flat_fit_says_to_measure_larger(monkeypatch):
+    import finc_cli.bench.memory as bm
+
+    peaks = {8: 100.0, 4: 100.0}  # the same peak at both batches: no line to extrapolate
+    monkeypatch.setattr(
+        bm,
+        "_measure",
+        lambda preset, over, batch, mode, device, threads: {
+            "state_mb": 50.0,
+            "peak_mb": peaks[batch],
+            "grad_mb": 1.0,
+            "act_mb": peaks[batch] - 1.0,
+            "step_s": 1.0,
+        },
+    )
+    (row,) = bm.memory_rows("digits", 8, ["invert"], [1], budget_gb=1.0, rounds=0)
+    assert "step_s" not in row and "time_vs_store" not in row
+    assert "peak did not grow from batch 4 to 8" in row["note"] and "budget_batch" not in row

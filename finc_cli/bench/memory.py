@@ -231,12 +231,13 @@ def memory_rows(
     _relate(rows, ks, modes)
     over = {**overrides, "model.steps": ks[-1]}
     at_k = {r["memory"]: r for r in rows if r["steps_per_level"] == ks[-1]}
-    say(f"K={ks[-1]} step time, {rounds} interleaved rounds")
-    seconds = step_seconds(preset, over, batch, modes, rounds, device)
-    for mode, row in at_k.items():
-        row["step_s"] = seconds[mode]
-        if "store" in seconds:
-            row["time_vs_store"] = seconds[mode] / seconds["store"]
+    if rounds:  # 0: memory only
+        say(f"K={ks[-1]} step time, {rounds} interleaved rounds")
+        seconds = step_seconds(preset, over, batch, modes, rounds, device)
+        for mode, row in at_k.items():
+            row["step_s"] = seconds[mode]
+            if "store" in seconds:
+                row["time_vs_store"] = seconds[mode] / seconds["store"]
     if budget_gb and not (deadline is not None and time.perf_counter() > deadline):
         for mode, row in at_k.items():
             _fit_budget(row, preset, over, mode, budget_gb * 1024, max_batch, device, threads, say)
@@ -265,7 +266,12 @@ def _fit_budget(row, preset, overrides, mode, budget_mb, max_batch, device, thre
     points = [(half, low["peak_mb"]), (row["batch"], row["peak_mb"])]
     predicted = _budget_batch(points, row["state_mb"], budget_mb)
     if predicted is None:
-        row["note"] = "no batch fits the budget"
+        slope = (row["peak_mb"] - low["peak_mb"]) / max(1, row["batch"] - half)
+        row["note"] = (
+            f"no batch fits the budget (state {row['state_mb']:.0f} MB)"
+            if slope > 0
+            else f"peak did not grow from batch {half} to {row['batch']}: measure at a larger --batch-size"
+        )
         return
     batch, capped = (max_batch, True) if max_batch and predicted > max_batch else (predicted, False)
     row["budget_fit"] = predicted

@@ -504,7 +504,9 @@ def memory_cli(
     max_batch: Annotated[
         Optional[int], typer.Option("--max-batch", min=1, help="Confirm the budget batch at most at this batch.")
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing rounds (median).")] = 2,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=0, help="Interleaved timing rounds (median); 0: memory only.")
+    ] = 2,
     sets: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override, e.g. model.hidden=256 (repeatable).")
     ] = None,
