@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import difflib
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from finc_cli.commands.inference import load_inference
+from finc_cli.commands.inference import load_inference, read_tensor_file
 from finc_cli.data.labels import Labels
 from finc_cli.errors import ImageInputError, InputError
 from finc_cli.files.atomic import atomic_path, check_output_file
@@ -99,20 +98,7 @@ def save_directions(path: str, payload: dict) -> None:
 
 def load_directions(path: str, model) -> dict:
     """The directions file at `path`, checked against the model's latent shapes (ImageInputError, one line)."""
-    if not Path(path).is_file():
-        raise ImageInputError(
-            f"directions file {path} does not exist; write one with `finc attributes CKPT --out {path}`"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code run
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - truncated, corrupted, foreign or unsafe: all the same to the user
-        raise ImageInputError(
-            f"{path} is not a readable finc directions file (truncated, corrupted or foreign)"
-        ) from None
+    data = read_tensor_file(path, "directions", f"; write one with `finc attributes CKPT --out {path}`")
     if not isinstance(data, dict) or data.get("format") != DIRECTIONS_FORMAT:
         raise ImageInputError(f"{path} is not a finc directions file (written by finc attributes)")
     directions, names = data.get("directions"), data.get("names")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -11,10 +13,11 @@ from finc_cli import checkpoint as checkpoints
 from finc_cli.config import Config
 from finc_cli.data.labels import LabelledDataset
 from finc_cli.data.load import get_dataset, get_labelled_dataset
+from finc_cli.errors import ImageInputError
 from finc_cli.model import FlowModel
 from finc_cli.runtime.device import resolve_device
 
-__all__ = ["Inference", "load_inference"]
+__all__ = ["Inference", "load_inference", "read_tensor_file"]
 
 
 @dataclass
@@ -56,3 +59,21 @@ def load_inference(
     # Through the module, not a name bound at import: a stand-in for load_model reaches every command.
     model, cfg, used = checkpoints.load_model(checkpoint, device=str(dev), weights=weights)
     return Inference(dev, model, cfg, used, data_dir, cache_dir, notify)
+
+
+def read_tensor_file(path: str, kind: str, missing: str = "") -> object:
+    """A file of tensors that finc wrote (latents, directions), loaded with weights_only=True so no code runs.
+
+    A missing, truncated, corrupted, foreign or unsafe file is one ImageInputError line naming `kind`;
+    `missing` is the fix appended when the file does not exist.
+    """
+    if not Path(path).is_file():
+        raise ImageInputError(f"{kind} file {path} does not exist{missing}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code run
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - truncated, corrupted, foreign or unsafe: all the same to the user
+        raise ImageInputError(f"{path} is not a readable finc {kind} file (truncated, corrupted or foreign)") from None

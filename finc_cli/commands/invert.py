@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from finc_cli.commands.inference import Inference, load_inference
+from finc_cli.commands.inference import Inference, load_inference, read_tensor_file
 from finc_cli.data.batches import fetch
 from finc_cli.decode_precision import PROBE_IMAGES, check_decode_precision, composed_section, decoding_model
 from finc_cli.errors import ImageInputError, InputError
@@ -32,17 +31,7 @@ def save_latents(path: str, latents, meta: dict) -> None:
 
 
 def load_latents(path: str, model) -> list:
-
-    if not Path(path).is_file():
-        raise ImageInputError(f"latents file {path} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code run
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - truncated, corrupted, foreign or unsafe: all the same to the user
-        raise ImageInputError(f"{path} is not a readable finc latents file (truncated, corrupted or foreign)") from None
+    data = read_tensor_file(path, "latents")
     if not isinstance(data, dict) or data.get("format") != LATENTS_FORMAT:
         raise ImageInputError(f"{path} is not a finc latents file (written by finc invert --save-latents)")
     latents = data.get("latents")
