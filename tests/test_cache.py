@@ -217,6 +217,8 @@ def test_cli_prepare_and_info(cifar):
     assert [r["cache"] for r in after["splits"]] == ["current"] * 3
     table = _invoke("data", "info", "cifar10", "--data-dir", data, "--cache-dir", cache_dir, "--verify")
     assert table.exit_code == 0 and "current" in table.output
+    again = _invoke("data", "prepare", "cifar10", "--data-dir", data, "--cache-dir", cache_dir)
+    assert again.exit_code == 0 and again.output.count("already current, labels stored") == 3, again.output
 
 
 def test_cli_info_on_missing_data_and_unknown_names(tmp_path):

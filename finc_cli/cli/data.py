@@ -65,7 +65,8 @@ def prepare_cli(
         return
     for row in result["splits"]:
         done = f"wrote {row['shape']} in {row['seconds']:.1f} s" if row["written"] else "already current"
-        console.print(f"{result['dataset']}/{row['split']}: {done} -> {row['path']}", highlight=False)
+        labels = "labels stored" if row.get("labels") else f"no labels ({row.get('labels_problem') or 'none read'})"
+        console.print(f"{result['dataset']}/{row['split']}: {done}, {labels} -> {row['path']}", highlight=False)
 
 
 @data_app.command("info")
