@@ -194,7 +194,11 @@ class FlowModel(nn.Module):
 
     def check_classes(self, y: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
         """y as int64 (n,) on the model's device when the model is class-conditional (None otherwise); a
-        missing, unexpected, misshapen or out-of-range y is an InputError of one line."""
+        missing, unexpected, misshapen or out-of-range y is an InputError of one line.
+
+        The range is checked while y is on the host: a y already on an accelerator is not read back
+        (that would wait for the device on every forward); classes are checked where they enter,
+        by the label readers and `finc sample --class`."""
         if not self.conditional:
             if y is not None:
                 raise InputError("this model is not class-conditional (model.conditional: false); give no class")
@@ -205,13 +209,13 @@ class FlowModel(nn.Module):
                 f"(0..{self.num_classes - 1}) "
                 "of every image"
             )
-        y = torch.as_tensor(y, device=self._param().device)
+        y = torch.as_tensor(y)
         if y.dtype.is_floating_point or y.dtype == torch.bool or tuple(y.shape) != (n,):
             raise InputError(f"classes must be {n} integers, got shape {tuple(y.shape)} of {y.dtype}")
         y = y.long()
-        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+        if n and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise InputError(f"classes must be in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
-        return y
+        return y.to(self._param().device)
 
     def _any_class(self, n: int) -> Optional[torch.Tensor]:
         """A stand-in class (0) for work whose result does not depend on it (the latents, ActNorm's init)."""

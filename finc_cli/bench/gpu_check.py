@@ -163,10 +163,15 @@ TORCHRUN_COLUMNS = [
 ]
 
 
+def _repo_env() -> dict:
+    """This environment with the source tree first on PYTHONPATH (kept after it: the device's own entries)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+
+
 def run_gpu_tests(paths=("tests",), timeout_s: float = 180, echo: Optional[Callable[[str], None]] = None, **_) -> dict:
     """`pytest -m gpu` in a subprocess from the repository root, its output passed line by line to
     `echo` as it comes; killed after `timeout_s`. Its return code, time and last lines."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env = _repo_env()
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider", *paths]
     start, tail = time.perf_counter(), collections.deque(maxlen=40)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -420,7 +425,7 @@ def torchrun_row(
         return [{**row, "note": "skipped: time budget"}]
     args = ["--preset", preset, "--steps", str(steps), "--device", device, "--json", "--quiet"]
     args += [a for key, value in (sets or {}).items() for a in ("--set", f"{key}={value}")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env = _repo_env()
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
