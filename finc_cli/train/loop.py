@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from functools import partial
 from pathlib import Path
@@ -239,10 +240,21 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             self.reporter.stop()
+            self._release_ddp()
             distributed.barrier()
             if self.ctx.owns_group:
                 distributed.cleanup()
         return self._summary()
+
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper (its reducer holds the process group) while the group is still alive.
+
+        Left to the garbage collector, DDP's reference cycles keep gloo's process group alive until interpreter
+        shutdown, where tearing it down can abort the process (SIGABRT) after a run that succeeded.
+        """
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()
 
     def _prefetcher(self) -> Prefetcher:
         """This process's batches for the remaining steps, assembled ahead (data.num_workers processes, or a thread)."""
