@@ -12,6 +12,7 @@ __all__ = [
     "InputError",
     "InverseBackendError",
     "LockError",
+    "OutOfMemory",
     "OutputError",
     "RebuildDrift",
     "RunDirError",
@@ -70,6 +71,12 @@ class LockError(FincError, RuntimeError):
 
 class InverseBackendError(FincError, RuntimeError):
     """An inverse backend that cannot run here; the message says why and what to use instead."""
+
+
+class OutOfMemory(FincError, RuntimeError):
+    """A step that did not fit in this machine's memory (exit 1); the message names the smaller setting to try."""
+
+    exit_code = 1
 
 
 class TrainingDiverged(FincError, RuntimeError):

@@ -107,3 +107,34 @@ def test_rounds_0_is_memory_only_and_a_flat_fit_says_to_measure_larger(monkeypat
     (row,) = bm.memory_rows("digits", 8, ["invert"], [1], budget_gb=1.0, rounds=0)
     assert "step_s" not in row and "time_vs_store" not in row
     assert "peak did not grow from batch 4 to 8" in row["note"] and "budget_batch" not in row
+
+
+def test_a_measuring_process_killed_for_memory_is_one_line_exit_1(monkeypatch):
+    import subprocess
+
+    import finc_cli.bench.memory as bm
+
+    killed = subprocess.CompletedProcess(args=[], returncode=-9, stdout="", stderr="")
+    monkeypatch.setattr(bm.subprocess, "run", lambda *a, **k: killed)
+    result = invoke("benchmark", "memory", "--preset", "digits", "--batch-size", 4, "--memory", "invert")
+    assert result.exit_code == 1 and "Traceback" not in result.output and "internal error" not in result.output
+    assert "batch 4 (invert) was killed by SIGKILL, most likely out of memory" in result.output
+    assert "--batch-size" in result.output
+
+
+def test_a_confirming_step_that_runs_out_of_memory_steps_the_batch_down(monkeypatch):
+    import finc_cli.bench.memory as bm
+    from finc_cli.errors import OutOfMemory
+
+    tried = []
+
+    def measure(preset, over, batch, mode, device, threads):
+        tried.append(batch)
+        if batch > 30:  # this machine holds less than the budget claims
+            raise OutOfMemory("killed")
+        return {"state_mb": 50.0, "peak_mb": 10.0 * batch, "grad_mb": 1.0, "act_mb": 10.0 * batch - 1, "step_s": 1.0}
+
+    monkeypatch.setattr(bm, "_measure", measure)
+    (row,) = bm.memory_rows("digits", 8, ["invert"], [1], budget_gb=0.5, rounds=0)
+    assert row["budget_fit"] == 46 and tried[2:] == [46, 34, 25]  # (512 - 50) // 10, then ×¾ per kill
+    assert row["budget_batch"] == "25" and row["note"] == "fit 46; 2 larger tries ran out of this machine's memory"

@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import json
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from finc_cli.config import MEMORY_CHOICES, load_preset
+from finc_cli.errors import OutOfMemory
 from finc_cli.model import build_model
 from finc_cli.runtime.device import resolve_device
 from finc_cli.text import comma_list
@@ -38,6 +40,7 @@ __all__ = ["MEMORY_COLUMNS", "main", "measure_step", "memory_rows", "parse_modes
 
 _MODULE = "finc_cli.bench.memory"
 MB = 2**20
+_SMALLER = "give a smaller --batch-size, or a --max-batch or --budget-gb this machine can hold"
 
 MEMORY_COLUMNS = [
     ("preset", "preset", "s"),
@@ -144,14 +147,29 @@ def measure_step(preset: str, overrides: dict, batch: int, mode: str, device: st
 
 
 def _measure(preset: str, overrides: dict, batch: int, mode: str, device: str, threads: int) -> dict:
-    """measure_step in a fresh process on the CPU (peak RSS is per process), in this one on CUDA."""
+    """measure_step in a fresh process on the CPU (peak RSS is per process), in this one on CUDA.
+
+    A step that does not fit raises OutOfMemory: CUDA's out-of-memory error, or a measuring process killed by a
+    signal (the kernel's out-of-memory killer sends SIGKILL).
+    """
+    where = f"batch {batch} ({mode})"
     if resolve_device(device).type == "cuda":
-        result = measure_step(preset, overrides, batch, mode, device)
-        torch.cuda.empty_cache()
+        try:
+            result = measure_step(preset, overrides, batch, mode, device)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise OutOfMemory(f"one training step at {where} ran out of GPU memory; {_SMALLER}") from exc
+        finally:
+            torch.cuda.empty_cache()
         return result
     spec = {"preset": preset, "overrides": overrides, "batch": batch, "mode": mode, "device": device}
     cmd = [sys.executable, "-m", _MODULE, "--worker", json.dumps(spec), "--threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise OutOfMemory(f"the process measuring {where} was killed by {name}, most likely out of memory; {_SMALLER}")
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         raise RuntimeError(f"the measuring process failed at batch {batch} ({mode}): {tail}")
@@ -275,17 +293,26 @@ def _fit_budget(row, preset, overrides, mode, budget_mb, max_batch, device, thre
         return
     batch, capped = (max_batch, True) if max_batch and predicted > max_batch else (predicted, False)
     row["budget_fit"] = predicted
+    killed = 0
     for _ in range(3):  # step down while the confirming step does not fit
         say(f"{mode}: confirming batch {batch} within {budget_mb / 1024:g} GB")
-        got = _measure(preset, overrides, batch, mode, device, threads)
+        try:
+            got = _measure(preset, overrides, batch, mode, device, threads)
+        except OutOfMemory:  # the budget is larger than what this machine can give: the same as not fitting
+            killed += 1
+            batch = max(1, batch * 3 // 4)
+            continue
         total = got["state_mb"] + got["peak_mb"]
         if total <= budget_mb:
             row["budget_batch"] = f"≥ {batch}" if capped else str(batch)
             row["budget_peak_gb"] = total / 1024
             row["note"] = f"fit {predicted}" + (f", confirmed at the cap {batch}" if capped else "")
-            return
+            break
         batch = max(1, int(batch * budget_mb / total * 0.98))
-    row["note"] = f"fit {predicted}; no confirmed batch within budget after 3 tries"
+    else:
+        row["note"] = f"fit {predicted}; no confirmed batch within budget after 3 tries"
+    if killed:
+        row["note"] += f"; {killed} larger {'try' if killed == 1 else 'tries'} ran out of this machine's memory"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
