@@ -208,6 +208,7 @@ def test_cli_prepare_and_info(cifar):
     before = json.loads(info.stdout)
     assert before["found"] and [r["cache"] for r in before["splits"]] == ["missing"] * 3
     assert [r["images"] for r in before["splits"]] == [14, 1, 4]  # 15 training images, 1 held out
+    assert [r["labels"] for r in before["splits"]] == ["in the source files"] * 3
     out = _invoke("data", "prepare", "cifar10", "--data-dir", data, "--cache-dir", cache_dir, "--json")
     assert out.exit_code == 0, out.output
     assert {r["split"]: r["shape"][0] for r in json.loads(out.stdout)["splits"]} == {"train": 14, "val": 1, "test": 4}
@@ -215,8 +216,9 @@ def test_cli_prepare_and_info(cifar):
         _invoke("data", "info", "cifar10", "--data-dir", data, "--cache-dir", cache_dir, "--json").stdout
     )
     assert [r["cache"] for r in after["splits"]] == ["current"] * 3
+    assert [r["labels"] for r in after["splits"]] == ["stored: 10 classes"] * 3
     table = _invoke("data", "info", "cifar10", "--data-dir", data, "--cache-dir", cache_dir, "--verify")
-    assert table.exit_code == 0 and "current" in table.output
+    assert table.exit_code == 0 and "current" in table.output and "stored: 10" in table.output
     again = _invoke("data", "prepare", "cifar10", "--data-dir", data, "--cache-dir", cache_dir)
     assert again.exit_code == 0 and again.output.count("already current, labels stored") == 3, again.output
 
@@ -226,6 +228,7 @@ def test_cli_info_on_missing_data_and_unknown_names(tmp_path):
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert not data["found"] and "imagenet64 not found" in data["problem"]
+    assert all(r["labels"].startswith("none: imagenet64 not found") for r in data["splits"])
     bad = _invoke("data", "prepare", "svhn", "--data-dir", tmp_path)
     assert bad.exit_code == 2 and "unknown dataset or preset 'svhn'" in bad.output
     missing = _invoke("data", "prepare", "cifar10", "--data-dir", tmp_path)

@@ -96,10 +96,10 @@ def info_cli(
     console.print(f"{name}: {c}×{h}×{w}, {result['bins']} levels; data {where}; cache {result['cache_dir']}")
     if result["problem"]:
         console.print(f"[red]not found:[/] {result['problem']}", highlight=False)
-    table = Table("split", "images", "source files", "prepared cache", "why")
+    table = Table("split", "images", "source files", "prepared cache", "why", "labels")
     for row in result["splits"]:
         images = "?" if row["images"] is None else str(row["images"])
-        table.add_row(row["split"], images, str(row["sources"] or "–"), row["cache"], row["reason"])
+        table.add_row(row["split"], images, str(row["sources"] or "–"), row["cache"], row["reason"], row["labels"])
     console.print(table)
     if verify:
         counts = ", ".join(f"{row['split']} {row['checked']}" for row in result["splits"])

@@ -6,8 +6,9 @@ from typing import Optional
 
 from finc_cli.data.cache import check, resolve_cache_dir
 from finc_cli.data.data_dir import resolve_data_dir
-from finc_cli.data.datasets import SPLITS, dataset_info, read_split, source_files
+from finc_cli.data.datasets import SPLITS, dataset_info, label_files, read_split, source_files
 from finc_cli.errors import DatasetError
+from finc_cli.text import first_line
 
 __all__ = ["data_info"]
 
@@ -16,9 +17,11 @@ _COUNTED_FROM_CACHE_ONLY = ("imagenet32", "imagenet64")
 
 
 def data_info(name: str, data_dir=None, cache_dir=None, verify: bool = False) -> dict:
-    """{dataset, shape, bins, data_dir, found, problem, cache_dir, splits: [{split, images, sources, cache, reason}]}.
+    """{dataset, shape, bins, data_dir, found, problem, cache_dir, splits: [{split, images, sources, cache, reason,
+    labels}]}.
 
-    `images` comes from a current cache, else from the sources when that is cheap, else None.
+    `images` comes from a current cache, else from the sources when that is cheap, else None. `labels` is what a
+    class-conditional run would find (`_labels_status`).
     `verify` recomputes every cache checksum and checks the size and modification time of every
     source file, even of a split with no current manifest; each row's `checked` counts them.
     """
@@ -56,7 +59,24 @@ def _split_row(name: str, split: str, data_dir, cache_dir, verify: bool) -> dict
         row["images"] = status.info["shape"][0]
     elif row["sources"] and name not in _COUNTED_FROM_CACHE_ONLY:
         row["images"] = _count(name, split, data_dir)
+    row["labels"] = _labels_status(name, split, data_dir, status)
     return row
+
+
+def _labels_status(name: str, split: str, data_dir, status) -> str:
+    """A current cache's labels record ("stored: 10 classes", "none: why"), else whether the source files hold
+    labels ("in the source files", "none: why"); only file names are looked at, never their contents."""
+    if status.state == "current":
+        record = status.info.get("labels")
+        if isinstance(record, dict):
+            what = "classes" if record.get("kind") == "class" else "attributes"
+            return f"stored: {record.get('num_classes')} {what}"
+        return f"none: {status.info.get('labels_problem') or 'none were read'}"
+    try:
+        label_files(name, split, data_dir)
+    except DatasetError as exc:
+        return f"none: {first_line(exc)}"
+    return "in the source files"
 
 
 def _count(name: str, split: str, data_dir) -> Optional[int]:
