@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -284,20 +284,34 @@ class FlowModel(nn.Module):
         The latents never depend on y: only the priors do.
         """
         y = self.check_classes(y, v.shape[0])
-        h, log_p = self.preprocess(v)  # (B, C, H, W)
-        latents = []
+        latents, log_det, split_means = self._through_levels(v)
+        return latents, log_det + self._prior_log_prob(latents, split_means, y)
+
+    def _through_levels(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[tuple]]:
+        """The class-free part of v_to_latents: (latents, the log-det of preprocessing and every level (B,), and
+        each split prior's (mean, log_std) before its class term)."""
+        h, log_det = self.preprocess(v)  # (B, C, H, W)
+        latents, split_means = [], []
         for level in self.levels:
             h, _ = level.squeeze(h)  # (B, 4C, H/2, W/2)
             h, logdet = run_steps(level.steps, h, self.memory)
-            log_p = log_p + logdet
+            log_det = log_det + logdet
             if level.split is not None:
-                h, z, log_pz = level.split(h, y)  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
+                keep = level.split.keep
+                h, z = h[:, :keep], h[:, keep:]  # h (B, ceil(C/2), H, W), z (B, floor(C/2), H, W)
                 latents.append(z)
-                log_p = log_p + log_pz
+                split_means.append(level.split.base(h))
         latents.append(h)
-        if y is None:
-            return latents, log_p + gaussian_log_prob(h)
-        return latents, log_p + gaussian_log_prob(h, *self.top_prior(y))
+        return latents, log_det, split_means
+
+    def _prior_log_prob(self, latents: list[torch.Tensor], split_means: list[tuple], y: Optional[torch.Tensor]):
+        """(B,) log-density of the latents under the split and top priors, of class y on a conditional model."""
+        splits = [level.split for level in self.levels if level.split is not None]
+        log_p = 0.0
+        for split, z, (mean, log_std) in zip(splits, latents, split_means):
+            log_p = log_p + gaussian_log_prob(z, *split.add_class(mean, log_std, y))
+        top = latents[-1]
+        return log_p + (gaussian_log_prob(top) if y is None else gaussian_log_prob(top, *self.top_prior(y)))
 
     def latents_to_v(
         self,
@@ -351,10 +365,7 @@ class FlowModel(nn.Module):
             device = generator.device if generator is not None else p.device
             noise = torch.rand(x.shape, generator=generator, device=device, dtype=p.dtype).to(p.device)
         x = x.to(noise.device)
-        if self.dequantizer is None:
-            u, log_q = noise, 0.0
-        else:
-            u, log_q = self._dequantize_noise(x, noise)
+        u, log_q = self._noise_to_u(x, noise)
         v = (x.to(u.dtype) + u) / self.bins  # dequantized, bin-scaled (docs/model.md §2)
         if y is None:
             return bits_per_dim(log_q - self.log_prob(v), self.num_dims, self.bins)
@@ -365,8 +376,11 @@ class FlowModel(nn.Module):
             bpd = bpd + self.class_weight * ce / math.log(2)
         return bpd
 
-    def _dequantize_noise(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """u ~ q(u | x) and log q; outside `store` its activations are recomputed in backward, not kept."""
+    def _noise_to_u(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, Union[torch.Tensor, float]]:
+        """(u, log q(u | x)): the uniform noise itself (log q = 0) or the variational dequantizer's u ~ q(u | x)
+        with its log-density; outside `store` the dequantizer's activations are recomputed in backward, not kept."""
+        if self.dequantizer is None:
+            return noise, 0.0
         if self.memory == "store" or not torch.is_grad_enabled():
             return self.dequantizer(x, noise)
         return checkpoint(self.dequantizer, x, noise, use_reentrant=False)
@@ -382,17 +396,27 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def class_bpd(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(B, num_classes) bits/dim of x given each class, every class with the same dequantization noise."""
-        n = x.shape[0]
-        columns = [self(x, noise=noise, y=torch.full((n,), c, device=noise.device)) for c in range(self.num_classes)]
+        """(B, num_classes) bits/dim of x given each class, every class with the same dequantization noise.
+
+        One pass through the flow: the latents and the log-det do not depend on the class, only the
+        priors do, so each class costs its prior terms alone, not a forward.
+        """
+        u, log_q = self._noise_to_u(x.to(noise.device), noise)
+        v = (x.to(noise.device).to(u.dtype) + u) / self.bins
+        latents, log_det, split_means = self._through_levels(v)
+        columns = []
+        for c in range(self.num_classes):
+            y = torch.full((x.shape[0],), c, dtype=torch.long, device=v.device)
+            log_p = log_det + self._prior_log_prob(latents, split_means, y)
+            columns.append(bits_per_dim(log_q - log_p, self.num_dims, self.bins))
         return torch.stack(columns, dim=1)
 
     @torch.no_grad()
     def classify_logits(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) the class head's logits for integer images x with dequantization noise `noise`."""
         x = x.to(noise.device)
-        u = noise if self.dequantizer is None else self.dequantizer(x, noise)[0]
-        latents, _ = self.v_to_latents((x.to(u.dtype) + u) / self.bins, self._any_class(x.shape[0]))
+        u, _ = self._noise_to_u(x, noise)
+        latents, _, _ = self._through_levels((x.to(u.dtype) + u) / self.bins)
         return self.head_logits(latents[-1])
 
     # -- encode / decode / sample -------------------------------------------------------------

@@ -64,14 +64,14 @@ def test_the_conditional_log_likelihood_matches_a_brute_force_jacobian_and_the_c
     model = _tiny_model(class_prior=class_prior).double()
     v = torch.rand(1, 1, 4, 4, dtype=torch.float64) * 0.9 + 0.05
     inputs = {}
-    hook = model.levels[0].split.register_forward_hook(lambda m, args, out: inputs.__setitem__("h", args[0]))
+    hook = model.levels[0].split.conv.register_forward_hook(lambda m, args, out: inputs.__setitem__("h_keep", args[0]))
     try:
         for y in range(3):
             jac = dense_jacobian(lambda t: model.v_to_latents(t, torch.zeros(t.shape[0], dtype=torch.long))[0], v)
             log_det = torch.linalg.slogdet(jac)[1]
-            latents, log_p = model.v_to_latents(v, torch.tensor([y]))  # the hook now holds this forward's split input
+            latents, log_p = model.v_to_latents(v, torch.tensor([y]))  # the hook now holds this forward's kept half
             split = model.levels[0].split
-            h_keep = inputs["h"][:, : split.keep]
+            h_keep = inputs["h_keep"]
             mean, log_std = split.conv(h_keep).chunk(2, dim=1)
             c_z, c_top = split.z_channels, latents[-1].shape[1]
             if class_prior == "channel":  # the class's (mean, log_std): 2 C numbers, one per channel
@@ -372,3 +372,31 @@ def test_resume_refuses_changing_the_conditioning(conditional_run, tmp_path, key
     result = invoke("train", "--resume", conditional_run, "--set", key, "--out", tmp_path / "other", "--force")
     assert result.exit_code == 2, result.output
     assert "cannot change on resume" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("class_prior", ["channel", "spatial"])
+def test_class_bpd_is_one_forward_per_class_from_one_pass_through_the_flow(class_prior):
+    """class_bpd runs the flow once and each class's priors alone; every column equals a full forward given
+    that class, variational dequantizer and split priors included (float64)."""
+    torch.manual_seed(4)
+    cfg = ModelConfig(
+        levels=3, steps=1, hidden=4, conditional=True, class_prior=class_prior, dequantization="variational"
+    )
+    model = FlowModel((1, 8, 8), 17, cfg, num_classes=4).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "class_prior" in name or "top_prior" in name or "split.conv" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    model.initialize(torch.randint(0, 17, (8, 1, 8, 8)))
+    model.eval()
+    x = torch.randint(0, 17, (5, 1, 8, 8))
+    noise = torch.rand(x.shape, dtype=torch.float64)
+    calls = []
+    hook = model.levels[0].steps.register_forward_hook(lambda *a: calls.append(1))
+    got = model.class_bpd(x, noise)
+    hook.remove()
+    assert len(calls) == 1  # the flow ran once for the four classes
+    with torch.no_grad():
+        want = torch.stack([model(x, noise=noise, y=torch.full((5,), c)) for c in range(4)], 1)
+    assert got.shape == (5, 4) and torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert (want.max(1).values - want.min(1).values > 1e-3).all()  # the classes do differ

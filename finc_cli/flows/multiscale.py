@@ -104,13 +104,23 @@ class SplitPrior(nn.Module):
 
     def prior(self, h_keep: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std), each (B, C_z, H, W); plus the class term of y (B,) on a class-conditional prior."""
+        return self.add_class(*self.base(h_keep), y)
+
+    def base(self, h_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) from h_keep alone, before any class term."""
         mean, log_std = self.conv(h_keep).chunk(2, dim=1)
-        if self.class_prior is not None:
-            if y is None:
-                raise ValueError("a class-conditional split prior needs the class y")
-            class_mean, class_log_std = self.class_prior(y)
-            mean, log_std = mean + class_mean, log_std + class_log_std
         return mean, log_std
+
+    def add_class(
+        self, mean: torch.Tensor, log_std: torch.Tensor, y: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) with the class term of y (B,) added; unchanged on a prior that is not class-conditional."""
+        if self.class_prior is None:
+            return mean, log_std
+        if y is None:
+            raise ValueError("a class-conditional split prior needs the class y")
+        class_mean, class_log_std = self.class_prior(y)
+        return mean + class_mean, log_std + class_log_std
 
     def forward(
         self, h: torch.Tensor, y: Optional[torch.Tensor] = None
