@@ -396,7 +396,12 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def class_bpd(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(B, num_classes) bits/dim of x given each class, every class with the same dequantization noise.
+        """(B, num_classes) bits/dim of x given each class, every class with the same dequantization noise."""
+        return self.class_scores(x, noise)[0]
+
+    @torch.no_grad()
+    def class_scores(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(class_bpd (B, num_classes), the class head's logits (B, num_classes) or None without a head).
 
         One pass through the flow: the latents and the log-det do not depend on the class, only the
         priors do, so each class costs its prior terms alone, not a forward.
@@ -409,7 +414,8 @@ class FlowModel(nn.Module):
             y = torch.full((x.shape[0],), c, dtype=torch.long, device=v.device)
             log_p = log_det + self._prior_log_prob(latents, split_means, y)
             columns.append(bits_per_dim(log_q - log_p, self.num_dims, self.bins))
-        return torch.stack(columns, dim=1)
+        logits = self.head_logits(latents[-1]) if self.has_class_head else None
+        return torch.stack(columns, dim=1), logits
 
     @torch.no_grad()
     def classify_logits(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

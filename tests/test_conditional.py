@@ -382,7 +382,7 @@ def test_class_bpd_is_one_forward_per_class_from_one_pass_through_the_flow(class
     cfg = ModelConfig(
         levels=3, steps=1, hidden=4, conditional=True, class_prior=class_prior, dequantization="variational"
     )
-    model = FlowModel((1, 8, 8), 17, cfg, num_classes=4).double()
+    model = FlowModel((1, 8, 8), 17, cfg, num_classes=4, class_weight=0.1).double()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "class_prior" in name or "top_prior" in name or "split.conv" in name:
@@ -400,3 +400,5 @@ def test_class_bpd_is_one_forward_per_class_from_one_pass_through_the_flow(class
         want = torch.stack([model(x, noise=noise, y=torch.full((5,), c)) for c in range(4)], 1)
     assert got.shape == (5, 4) and torch.allclose(got, want, rtol=0, atol=1e-12)
     assert (want.max(1).values - want.min(1).values > 1e-3).all()  # the classes do differ
+    scores, logits = model.class_scores(x, noise)  # the head's logits come from the same pass
+    assert torch.equal(scores, got) and torch.allclose(logits, model.classify_logits(x, noise), rtol=0, atol=1e-12)

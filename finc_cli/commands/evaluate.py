@@ -47,7 +47,7 @@ def evaluate(
     if classify and not conditional:
         raise InputError(f"--classify needs a class-conditional model; {checkpoint} has model.conditional false")
     ds = run.dataset(split)
-    passes = 1 + (run.model.num_classes + (1 if classify and run.model.has_class_head else 0) if conditional else 0)
+    passes = 2 if conditional else 1  # the conditional pass scores every class (and the head) at once
     callback = progress(passes * len(ds)) if progress else None
     t0 = time.perf_counter()
     batch = batch_size or run.cfg.train.eval_batch_size

@@ -76,14 +76,15 @@ def evaluate_classes(
             x, y = _batch(model, ds, idx, device)
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(idx[0]))  # as evaluate_bpd's
             noise = torch.rand(x.shape, generator=g, device=g.device, dtype=dtype).to(device)
-            bpd = model.class_bpd(x, noise).double()  # (B, K)
+            scores, logits = model.class_scores(x, noise)  # one pass through the flow for every class and the head
+            bpd = scores.double()  # (B, K)
             given.append(bpd.gather(1, y[:, None])[:, 0].cpu())
             log_joint = -bpd * nats_per_bpd - math.log(model.num_classes)  # log p(x | c) + log p(c), nats
             marginal.append((-torch.logsumexp(log_joint, 1) / nats_per_bpd).cpu())
             if classify:
                 bayes.append((bpd.argmin(1) == y).double().cpu())  # uniform p(c): the least bits/dim wins
                 if model.has_class_head:
-                    head.append((model.classify_logits(x, noise).argmax(1) == y).double().cpu())
+                    head.append((logits.argmax(1) == y).double().cpu())
             if progress is not None:
                 progress(len(idx))
     result = {**_mean_stderr(given, "bpd"), **_mean_stderr(marginal, "bpd_marginal"), "num_classes": model.num_classes}
