@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, TypeVar
 
 from torch.utils.data import Dataset
 
@@ -14,6 +14,8 @@ from finc_cli.data.labels import LabelledDataset, Labels
 from finc_cli.errors import DatasetError
 
 __all__ = ["get_dataset", "get_labelled_dataset", "get_labels"]
+
+T = TypeVar("T")
 
 
 def get_dataset(
@@ -40,15 +42,12 @@ def get_dataset(
     """
     check_split(name, split)
     transform = Augment(hflip, translate) if train_transform and split == "train" else None
-    note = ""
-    if use_cache:
-        mapped, note = open_prepared(name, split, data_dir, cache_dir, transform)
-        if mapped is not None:
-            return mapped
-    ds = read_split(name, split, data_dir, transform)
-    if note and notify is not None:
-        notify(note)
-    return ds
+    return _prepared_else_sources(
+        lambda: open_prepared(name, split, data_dir, cache_dir, transform),
+        lambda: read_split(name, split, data_dir, transform),
+        use_cache,
+        notify,
+    )
 
 
 def get_labels(
@@ -69,15 +68,28 @@ def get_labels(
     prepared images current (as `get_labelled_dataset` has), so they are not checked again.
     """
     check_split(name, split)
+    return _prepared_else_sources(
+        lambda: open_prepared_labels(name, split, data_dir, cache_dir, checked=images_checked),
+        lambda: read_labels(name, split, data_dir),
+        use_cache,
+        notify,
+    )
+
+
+def _prepared_else_sources(
+    open_prepared_part: Callable[[], tuple], read_sources: Callable[[], T], use_cache: bool, notify
+) -> T:
+    """What `open_prepared_part` maps from a usable prepared cache; else `read_sources()`, and then why the cache
+    was not used goes to `notify` in one line (after the read, so that a source error is the one reported)."""
     note = ""
     if use_cache:
-        labels, note = open_prepared_labels(name, split, data_dir, cache_dir, checked=images_checked)
-        if labels is not None:
-            return labels
-    labels = read_labels(name, split, data_dir)
+        got, note = open_prepared_part()
+        if got is not None:
+            return got
+    got = read_sources()
     if note and notify is not None:
         notify(note)
-    return labels
+    return got
 
 
 def get_labelled_dataset(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import struct
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -31,15 +33,10 @@ def images_from_rows(data: object, path: Path, size: int) -> np.ndarray:
 def read_batch_images(path: Path, size: int) -> np.ndarray:
     """The images of one pickled batch dict or .npz file holding `data` (foreign pickles unpickled safely)."""
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if "data" not in npz.files:
-                    raise DatasetError(f"{path} has keys {npz.files}, expected 'data'")
-                data = npz["data"]
-        except DatasetError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a damaged npz fails anywhere in numpy: one line for the user
-            raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        with _open_npz(path, f"cannot read {path}") as npz:
+            if "data" not in npz.files:
+                raise DatasetError(f"{path} has keys {npz.files}, expected 'data'")
+            data = npz["data"]
     else:
         batch = load_pickle(path)
         key = b"data" if b"data" in batch else "data"
@@ -56,15 +53,10 @@ def read_batch_labels(path: Path, fix: str) -> np.ndarray:
     unpickled whole (its labels sit beside its pixels).
     """
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if "labels" not in npz.files:
-                    raise DatasetError(f"{path} has keys {npz.files} and no 'labels'; {fix}")
-                labels, rows = npz["labels"], _npz_rows(path, npz, "data")
-        except DatasetError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a damaged npz fails anywhere in numpy: one line for the user
-            raise DatasetError(f"cannot read the labels of {path}: {type(e).__name__}: {e}; {fix}") from None
+        with _open_npz(path, f"cannot read the labels of {path}", f"; {fix}") as npz:
+            if "labels" not in npz.files:
+                raise DatasetError(f"{path} has keys {npz.files} and no 'labels'; {fix}")
+            labels, rows = npz["labels"], _npz_rows(path, npz, "data")
     else:
         batch = load_pickle(path)
         key, data = b"labels" if b"labels" in batch else "labels", batch.get(b"data", batch.get("data"))
@@ -78,6 +70,19 @@ def read_batch_labels(path: Path, fix: str) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != rows:
         raise DatasetError(f"{path} holds {labels.shape} labels for {rows} images in 'data', expected one each; {fix}")
     return labels
+
+
+@contextlib.contextmanager
+def _open_npz(path: Path, what: str, fix: str = "") -> Iterator:
+    """np.load(path) without pickles; a damaged file fails anywhere in numpy, inside the `with` too: that
+    becomes one DatasetError line, "{what}: {error}{fix}" (a DatasetError raised inside passes unchanged)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            yield npz
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        raise DatasetError(f"{what}: {type(e).__name__}: {e}{fix}") from None
 
 
 def _npz_rows(path: Path, npz, key: str) -> int:
